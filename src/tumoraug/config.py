@@ -95,3 +95,99 @@ def check(condition: bool, owner: str, field: str, expected: str, value: Any) ->
     """Raise `ConfigError` ``"<owner>.<field>: expected <expected>, got <value>"`` unless true."""
     if not condition:
         raise ConfigError(f"{owner}.{field}: expected {expected}, got {value!r}")
+
+
+@dataclasses.dataclass
+class GeneratorConfig(Config):
+    """Stage 2: the class-conditional masked transformer and its hybrid importance masking.
+
+    ``codebook_size`` and ``token_grid`` must match the tokenizer; `train_generator` fills
+    them from the tokenizer's config. The vocabulary is the codebook plus one ``[MASK]`` id
+    (``mask_id == codebook_size``); the class embedding has ``num_classes`` grades plus one
+    null class (index ``num_classes``) used by classifier-free guidance.
+    """
+
+    codebook_size: int = 1024
+    token_grid: tuple[int, int, int] = (16, 16, 16)
+    num_classes: int = 2
+    dim: int = 512
+    depth: int = 12
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    pos_embedding: str = "factorized"
+    masking: str = "hybrid"
+    topk_ratio: float = 0.25
+    neighbor_radius: int = 1
+    random_replace_ratio: float = 0.1
+    random_mask: float = 0.5
+    class_dropout: float = 0.1
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "brats128": {"token_grid": (16, 16, 16), "dim": 512, "depth": 12, "heads": 8},
+        "tiny": {"token_grid": (4, 4, 4), "codebook_size": 64, "dim": 64, "depth": 2, "heads": 4},
+    }
+
+    @property
+    def mask_id(self) -> int:
+        """Token id of ``[MASK]`` (one past the codebook)."""
+        return self.codebook_size
+
+    @property
+    def null_class(self) -> int:
+        """Class index of the unconditional (null) class used for guidance."""
+        return self.num_classes
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of tokens in one grid, ``d*h*w``."""
+        d, h, w = self.token_grid
+        return d * h * w
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        check(self.codebook_size >= 2, name, "codebook_size", "an int >= 2", self.codebook_size)
+        check(
+            len(self.token_grid) == 3 and all(int(s) >= 1 for s in self.token_grid),
+            name,
+            "token_grid",
+            "three positive ints (d, h, w)",
+            self.token_grid,
+        )
+        check(self.num_classes >= 1, name, "num_classes", "an int >= 1", self.num_classes)
+        check(
+            self.dim >= 1 and self.depth >= 1,
+            name,
+            "dim/depth",
+            "positive ints",
+            (self.dim, self.depth),
+        )
+        check(
+            self.heads >= 1 and self.dim % self.heads == 0,
+            name,
+            "heads",
+            f"a divisor of dim={self.dim}",
+            self.heads,
+        )
+        check(self.mlp_ratio > 0, name, "mlp_ratio", "a positive number", self.mlp_ratio)
+        check(0 <= self.dropout < 1, name, "dropout", "a number in [0, 1)", self.dropout)
+        check(
+            self.pos_embedding in ("factorized", "learned"),
+            name,
+            "pos_embedding",
+            "'factorized' or 'learned'",
+            self.pos_embedding,
+        )
+        check(
+            self.masking in ("hybrid", "random"),
+            name,
+            "masking",
+            "'hybrid' or 'random'",
+            self.masking,
+        )
+        for field in ("topk_ratio", "random_replace_ratio", "random_mask", "class_dropout"):
+            value = getattr(self, field)
+            check(0 <= value <= 1, name, field, "a number in [0, 1]", value)
+        check(
+            self.neighbor_radius >= 0, name, "neighbor_radius", "an int >= 0", self.neighbor_radius
+        )
