@@ -1,0 +1,64 @@
+"""MaskedTransformer: shapes, class conditioning, bidirectionality, checkpoint round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tumoraug.config import GeneratorConfig
+from tumoraug.errors import CheckpointError
+from tumoraug.models.transformer import MaskedTransformer
+
+
+def tiny(**overrides) -> MaskedTransformer:
+    config = GeneratorConfig.preset(
+        "tiny", codebook_size=16, token_grid=(2, 3, 4), dim=32, dropout=0.0, **overrides
+    )
+    return MaskedTransformer(config).eval()
+
+
+@pytest.mark.parametrize("pos", ["factorized", "learned"])
+def test_logits_cover_the_codebook_at_every_position(pos):
+    model = tiny(pos_embedding=pos)
+    tokens = torch.randint(17, (3, 2, 3, 4))  # includes [MASK] = 16
+    logits = model(tokens, torch.tensor([0, 1, 2]))
+    assert logits.shape == (3, 2, 3, 4, 16)
+    assert torch.isfinite(logits).all()
+    assert model.mask_id == 16 and model.null_class == 2
+
+
+def test_class_token_changes_the_prediction():
+    model = tiny()
+    tokens = torch.full((1, 2, 3, 4), model.mask_id)
+    outs = [model(tokens, torch.tensor([c])) for c in range(3)]
+    assert not torch.allclose(outs[0], outs[1])
+    assert not torch.allclose(outs[1], outs[2])
+
+
+def test_attention_is_bidirectional_and_positions_matter():
+    model = tiny()
+    tokens = torch.full((1, 2, 3, 4), model.mask_id)
+    changed = tokens.clone()
+    changed[0, -1, -1, -1] = 3  # the last position influences the first one
+    label = torch.tensor([1])
+    assert not torch.allclose(model(tokens, label)[0, 0, 0, 0], model(changed, label)[0, 0, 0, 0])
+    out = model(tokens, label)[0].reshape(-1, 16)
+    assert not torch.allclose(out[0], out[5])  # same input token, different positions
+
+
+def test_wrong_grid_is_rejected():
+    with pytest.raises(ValueError, match="token_grid"):
+        tiny()(torch.zeros(1, 4, 4, 4, dtype=torch.long), torch.tensor([0]))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny(pos_embedding="learned")
+    model.save_pretrained(tmp_path / "gen")
+    loaded = MaskedTransformer.from_pretrained(tmp_path / "gen")
+    assert loaded.config == model.config
+    tokens = torch.randint(17, (2, 2, 3, 4))
+    labels = torch.tensor([0, 1])
+    assert torch.equal(model(tokens, labels), loaded(tokens, labels))
+    assert MaskedTransformer.load_config(tmp_path / "gen") == model.config
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        MaskedTransformer.from_pretrained(tmp_path / "nothing-here")
