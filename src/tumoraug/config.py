@@ -191,3 +191,101 @@ class GeneratorConfig(Config):
         check(
             self.neighbor_radius >= 0, name, "neighbor_radius", "an int >= 0", self.neighbor_radius
         )
+
+
+@dataclasses.dataclass
+class TokenizerConfig(Config):
+    """Stage 1 (`tumoraug.models.vqgan.VQGAN3D`): architecture, codebook and loss weights.
+
+    The encoder halves the ROI once per entry of ``channel_mult`` after the first, so the
+    token grid is ``roi_size / 2**(len(channel_mult) - 1)`` per axis. Widths of the
+    ``brats128`` preset and why: see ``docs/tokenizer.md``.
+    """
+
+    in_channels: int = 1
+    roi_size: int = 128
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    num_mid_blocks: int = 2
+    attention: bool = True
+    norm_groups: int = 8
+    embed_dim: int = 16
+    codebook_size: int = 1024
+    commitment_beta: float = 0.25
+    restart_every: int = 100
+    importance_hidden: int = 32
+    coarse_pool: int = 2
+    importance_budget: float = 0.25
+    importance_weight: float = 1.0
+    importance_tumor_weight: float = 0.1
+    recon_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    disc_channels: int = 32
+    disc_layers: int = 3
+    disc_weight: float = 0.5
+    disc_start: int = 10000
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "brats128": {},
+        "tiny": {
+            "roi_size": 16,
+            "base_channels": 8,
+            "channel_mult": (1, 2, 2),
+            "num_res_blocks": 1,
+            "num_mid_blocks": 0,
+            "attention": False,
+            "norm_groups": 4,
+            "embed_dim": 4,
+            "codebook_size": 64,
+            "restart_every": 50,
+            "importance_hidden": 8,
+            "disc_channels": 8,
+            "disc_layers": 2,
+            "disc_start": 1000,
+        },
+    }
+
+    @property
+    def downsample_factor(self) -> int:
+        """Voxels per token along each axis."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """Token grid (d, h, w) of a ``roi_size``³ ROI."""
+        side = self.roi_size // self.downsample_factor
+        return (side, side, side)
+
+    def validate(self) -> None:
+        name = "TokenizerConfig"
+        positive = (
+            "in_channels", "roi_size", "base_channels", "num_res_blocks", "norm_groups",
+            "embed_dim", "importance_hidden", "coarse_pool", "disc_channels", "disc_layers",
+        )  # fmt: skip
+        for field in positive:
+            value = getattr(self, field)
+            check(isinstance(value, int) and value > 0, name, field, "a positive int", value)
+        check(self.codebook_size >= 2, name, "codebook_size", "an int >= 2", self.codebook_size)
+        check(
+            len(self.channel_mult) >= 1 and all(m > 0 for m in self.channel_mult),
+            name, "channel_mult", "a non-empty tuple of positive ints", self.channel_mult,
+        )  # fmt: skip
+        check(
+            self.roi_size % (self.downsample_factor * self.coarse_pool) == 0,
+            name, "roi_size",
+            f"a multiple of downsample_factor * coarse_pool = "
+            f"{self.downsample_factor * self.coarse_pool}",
+            self.roi_size,
+        )  # fmt: skip
+        check(0 < self.importance_budget < 1, name, "importance_budget", "in (0, 1)",
+              self.importance_budget)  # fmt: skip
+        for field in ("num_mid_blocks", "restart_every", "disc_start"):
+            value = getattr(self, field)
+            check(isinstance(value, int) and value >= 0, name, field, "an int >= 0", value)
+        for field in (
+            "commitment_beta", "importance_weight", "importance_tumor_weight", "recon_weight",
+            "perceptual_weight", "disc_weight",
+        ):  # fmt: skip
+            value = getattr(self, field)
+            check(value >= 0, name, field, "a number >= 0", value)
