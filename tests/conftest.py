@@ -18,3 +18,43 @@ def _deterministic_torch():
     torch.set_num_threads(min(threads, 2))
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A full TumorGenerator folder (16³ ROIs, random weights) for plumbing tests."""
+    from tumoraug.config import GeneratorConfig, TokenizerConfig
+    from tumoraug.generator import TumorGenerator
+    from tumoraug.models.transformer import MaskedTransformer
+    from tumoraug.models.vqgan import VQGAN3D
+
+    torch.manual_seed(0)
+    tokenizer = VQGAN3D(TokenizerConfig.preset("tiny"))
+    transformer = MaskedTransformer(GeneratorConfig.preset("tiny", dim=32, depth=1))
+    directory = tmp_path_factory.mktemp("models") / "tiny-generator"
+    TumorGenerator(tokenizer, transformer, device="cpu").save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """Return ``put(folder, repo_id)``: copies a folder into a local HF cache as that repo's
+    ``main`` snapshot (the layout ``huggingface_hub`` writes), with offline mode on."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    def put(folder, repo_id: str, revision: str = "0123456789abcdef0123456789abcdef01234567"):
+        storage = cache / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(folder, storage / "snapshots" / revision)
+        (storage / "refs").mkdir(parents=True, exist_ok=True)
+        (storage / "refs" / "main").write_text(revision)
+        return storage / "snapshots" / revision
+
+    return put

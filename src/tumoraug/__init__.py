@@ -3,6 +3,7 @@
 __version__ = "0.1.0.dev0"
 
 from tumoraug.errors import CheckpointError, ConfigError, DataError, LabelError, TumorAugError
+from tumoraug.generator import TumorGenerator
 from tumoraug.labels import GRADES, to_grade, to_label
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "DataError",
     "LabelError",
     "TumorAugError",
+    "TumorGenerator",
     "__version__",
     "to_grade",
     "to_label",
