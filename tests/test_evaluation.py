@@ -15,6 +15,7 @@ from tumoraug.evaluation import (
     ClassifierConfig,
     ProtocolConfig,
     ResNet3D,
+    evaluate_samples,
     item_tensors,
     materialize,
     run_protocol,
@@ -134,3 +135,50 @@ def test_protocol_summary_statistics_over_seeds():
 def test_protocol_needs_synthetic_for_synthetic_conditions():
     with pytest.raises(DataError, match="need synthetic data"):
         run_protocol(_toy_items(8, seed=0), config=ProtocolConfig(folds=2), classifier=TINY)
+
+
+def test_sample_report_compares_models_with_real_rois(tiny_model_dir, tmp_path):
+    from tumoraug.generator import TumorGenerator
+
+    real = _toy_items(6, seed=3)
+    model = TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
+    report = evaluate_samples(
+        real,
+        {"tiny": model, "copy": RealCopier(real)},
+        n_per_class=3,
+        generate_kwargs={"steps": 2},
+        montage_per_class=1,
+    )
+    assert [(r["model"], r["grade"]) for r in report.rows] == [
+        ("tiny", "LGG"),
+        ("copy", "LGG"),
+        ("tiny", "HGG"),
+        ("copy", "HGG"),
+    ]
+    by_model = {(r["model"], r["grade"]): r for r in report.rows}
+    # A "model" that returns the real ROIs themselves has MMD 0 and the real diversity.
+    assert by_model[("copy", "HGG")]["mmd"] == 0.0
+    copy_row = by_model[("copy", "HGG")]
+    assert copy_row["ms_ssim_generated"] == pytest.approx(copy_row["ms_ssim_real"])
+    assert by_model[("tiny", "HGG")]["mmd"] > 0
+    assert by_model[("tiny", "HGG")]["mmd_1e4"] == pytest.approx(
+        by_model[("tiny", "HGG")]["mmd"] * 1e4
+    )
+    paths = report.save(tmp_path)
+    assert paths["markdown"].read_text().startswith("| Model | Grade |")
+    assert len(json.loads(paths["json"].read_text())["rows"]) == 4
+    with Image.open(paths["montage"]) as png:
+        assert png.size[1] > 6 * 16  # 2 real + 2 x 2 generated rows
+
+
+class RealCopier:
+    """A stand-in model whose 'samples' of a grade are the real ROIs of that grade."""
+
+    roi_size = 16
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def generate(self, labels: list, seed: int = 0, **_: object) -> torch.Tensor:
+        pool = [x for x, y in self.items if y == labels[0]]
+        return torch.stack(pool[: len(labels)])
