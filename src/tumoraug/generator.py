@@ -29,9 +29,14 @@ from typing import Any
 import torch
 
 from tumoraug import __version__
-from tumoraug.checkpoint import atomic_write_json, atomic_write_text, resolve_pretrained
+from tumoraug.checkpoint import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    resolve_pretrained,
+)
 from tumoraug.config import GeneratorConfig, TokenizerConfig
-from tumoraug.errors import CheckpointError
+from tumoraug.errors import CheckpointError, ConfigError, DataError
 from tumoraug.labels import GRADES, LabelLike, to_labels
 from tumoraug.sampling import make_generators, per_sample_seeds, sample_tokens
 
@@ -49,9 +54,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"unknown device {device!r}: {exc}") from None
+        raise ConfigError(
+            f"unknown device {device!r}: expected auto, cpu or cuda ({exc})"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+    return resolved
 
 
 def check_compatible(tokenizer: TokenizerConfig, generator: GeneratorConfig, source: str) -> None:
@@ -388,3 +398,120 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Any]:
     ) as bar:
         task = bar.add_task("generating", total=total)
         yield lambda k: bar.advance(task, k)
+
+
+NIFTI_FORMATS: tuple[str, ...] = ("nii.gz", "nii")
+
+
+def _nifti_bytes(volume: torch.Tensor, fmt: str) -> bytes:
+    """A (C, D, H, W) ROI as NIfTI-1 bytes with a 1 mm identity affine (C > 1 -> 4th axis)."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    array = volume.numpy().astype(np.float32)
+    array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
+    image = nib.Nifti1Image(array, np.eye(4))
+    image.header.set_xyzt_units("mm")
+    data = image.to_bytes()
+    return gzip.compress(data, mtime=0) if fmt == "nii.gz" else data
+
+
+def _check_writable(out_dir: Path, names: list[str], overwrite: bool) -> None:
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise DataError(f"{out_dir}: output folder is not writable ({exc.strerror})") from None
+    if not overwrite:
+        existing = [name for name in names if (out_dir / name).exists()]
+        if existing:
+            raise DataError(
+                f"{out_dir}: would overwrite {len(existing)} existing file(s) "
+                f"({', '.join(existing[:3])}{', ...' if len(existing) > 3 else ''}); "
+                "pass --overwrite (overwrite=True) or choose another folder"
+            )
+
+
+def generate_to_folder(
+    generator: TumorGenerator,
+    labels: LabelLike | Iterable[LabelLike],
+    out_dir: str | Path,
+    *,
+    n: int = 1,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    fmt: str = "nii.gz",
+    overwrite: bool = False,
+    progress: bool = False,
+    preview_rows: int = 16,
+) -> dict[str, Any]:
+    """Generate ``n`` ROIs per label and write them as NIfTI files to ``out_dir``.
+
+    Writes ``<index>_<grade>.<fmt>`` per ROI (1 mm identity affine), ``manifest.json`` (file,
+    grade, label, per-sample seed, model, settings) and ``preview.png`` (centre slices of the
+    first ``preview_rows`` ROIs). Checks the labels, the folder and existing files before
+    any sampling; never overwrites unless ``overwrite``. Returns the manifest.
+    """
+    from tumoraug.labels import to_grade
+    from tumoraug.viz import save_montage
+
+    if fmt not in NIFTI_FORMATS:
+        raise ConfigError(
+            f"unknown output format {fmt!r}: expected one of {', '.join(NIFTI_FORMATS)}"
+        )
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    per_label = to_labels(labels)
+    if not per_label:
+        raise ConfigError("no label given: expected HGG, LGG, 0 or 1")
+    label_list = [label for label in per_label for _ in range(n)]
+    seeds = per_sample_seeds(seed, len(label_list))
+    names = [f"{j:04d}_{to_grade(label)}.{fmt}" for j, label in enumerate(label_list)]
+    out_dir = Path(out_dir)
+    _check_writable(out_dir, [*names, "manifest.json", "preview.png"], overwrite)
+    volumes = generator.generate(
+        label_list,
+        seed=seeds,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        temperature=temperature,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    for name, volume in zip(names, volumes, strict=True):
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes(_nifti_bytes(volume, fmt))
+    grades = [to_grade(label) for label in label_list]
+    save_montage(volumes[:preview_rows], out_dir / "preview.png", row_labels=grades[:preview_rows])
+    manifest = {
+        "tumoraug_version": __version__,
+        "model": generator.source,
+        "roi_size": generator.roi_size,
+        "in_channels": generator.in_channels,
+        "format": fmt,
+        "affine": "identity, 1 mm voxels",
+        "settings": {
+            "seed": seed,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "temperature": temperature,
+            "batch_size": batch_size,
+            "device": str(generator.device),
+        },
+        "samples": [
+            {"file": name, "grade": grade, "label": label, "seed": sample_seed}
+            for name, grade, label, sample_seed in zip(
+                names, grades, label_list, seeds, strict=True
+            )
+        ],
+    }
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return manifest
