@@ -1,0 +1,400 @@
+"""Stage 1: a 3D VQGAN that turns a tumor ROI into a grid of discrete tokens and back.
+
+Reading order: building blocks (residual block, attention, resampling), `Encoder3D`,
+`VectorQuantizer`, `ImportanceHead`, `Decoder3D`, and `VQGAN3D`, which ties them together.
+The configuration is `tumoraug.config.TokenizerConfig`; the losses that are not part of the
+forward pass (GAN, perceptual) live in `tumoraug.models.discriminator` and
+`tumoraug.training.tokenizer`.
+
+Shapes: a batch of ROIs ``x`` is ``(B, C, S, S, S)`` in [-1, 1]; the latent grid is
+``(B, embed_dim, d, h, w)`` with ``d = S / downsample_factor``; tokens are ``(B, d, h, w)``.
+
+Two choices that differ from the 2D Taming VQGAN (reasons in ``docs/tokenizer.md``):
+
+* the codebook is **l2-normalised** (cosine-similarity lookup, as in ViT-VQGAN): codes are
+  ordinary parameters trained by the optimizer, so data-parallel training needs no extra
+  synchronisation and resume needs no extra state; dead codes are restarted from encoder
+  outputs.
+* the decoder sees ``s * z_q + (1 - s) * z_coarse``, where ``s`` is the importance score
+  of each token, computed from the quantized latent by `ImportanceHead`, and ``z_coarse`` is
+  ``z_q`` average-pooled over ``coarse_pool``³ tokens and upsampled back. A budget loss keeps
+  the mean score near ``importance_budget``, so the decoder can only afford exact codes where
+  they matter most for reconstruction: that is what the score measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tumoraug.checkpoint import PretrainedMixin
+from tumoraug.config import TokenizerConfig
+from tumoraug.errors import DataError
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= ``groups`` that divides ``channels``."""
+    return nn.GroupNorm(math.gcd(channels, groups), channels, eps=1e-6)
+
+
+class ResBlock3D(nn.Module):
+    """Pre-activation residual block: (GroupNorm, SiLU, 3³ conv) twice, 1³ conv on the skip."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels, groups)
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels, groups)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
+        self.skip = (
+            nn.Conv3d(in_channels, out_channels, 1)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class AttnBlock3D(nn.Module):
+    """Single-head self-attention over all voxels of the lowest-resolution grid."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
+        self.proj = nn.Conv3d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, d * h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (b, 1, dhw, c)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, d, h, w))
+
+
+class Downsample3D(nn.Module):
+    """Halve each spatial axis with a strided 3³ convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample3D(nn.Module):
+    """Double each spatial axis: nearest-neighbour upsampling, then a 3³ convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Stack(nn.Module):
+    """A sequence of blocks, optionally run with activation checkpointing to save memory."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+def _mid_blocks(channels: int, config: TokenizerConfig) -> list[nn.Module]:
+    blocks: list[nn.Module] = []
+    for i in range(config.num_mid_blocks):
+        blocks.append(ResBlock3D(channels, channels, config.norm_groups))
+        if config.attention and i == 0:
+            blocks.append(AttnBlock3D(channels, config.norm_groups))
+    if config.attention and not blocks:
+        blocks.append(AttnBlock3D(channels, config.norm_groups))
+    return blocks
+
+
+class Encoder3D(nn.Module):
+    """ROI ``(B, C, S, S, S)`` -> continuous latent ``(B, embed_dim, S/f, S/f, S/f)``.
+
+    One level per entry of ``channel_mult``: ``num_res_blocks`` residual blocks, then a
+    stride-2 downsampling except after the last level; then the middle blocks (residual
+    blocks with attention after the first one when ``attention`` is on) and a projection.
+    """
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        widths = [config.base_channels * m for m in config.channel_mult]
+        self.conv_in = nn.Conv3d(config.in_channels, widths[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        channels = widths[0]
+        for level, width in enumerate(widths):
+            for _ in range(config.num_res_blocks):
+                blocks.append(ResBlock3D(channels, width, config.norm_groups))
+                channels = width
+            if level < len(widths) - 1:
+                blocks.append(Downsample3D(channels))
+        blocks += _mid_blocks(channels, config)
+        self.body = _Stack(blocks)
+        self.norm_out = group_norm(channels, config.norm_groups)
+        self.conv_out = nn.Conv3d(channels, config.embed_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.conv_in(x))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+@dataclasses.dataclass
+class QuantizerOutput:
+    """What `VectorQuantizer.forward` returns."""
+
+    z_q: torch.Tensor  # (B, D, d, h, w) unit-norm codes, straight-through gradient to z_e
+    tokens: torch.Tensor  # (B, d, h, w) code indices
+    loss: torch.Tensor  # codebook loss + beta * commitment loss (scalar)
+    perplexity: torch.Tensor  # exp(entropy) of the batch's code histogram
+    fraction_used: torch.Tensor  # share of the codebook used by this batch
+
+
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Turn autocast off (code lookup in float32); a no-op on devices without autocast."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code lookup in an l2-normalised codebook with a straight-through estimator.
+
+    Latents and codes are both projected to the unit sphere and matched by cosine
+    similarity. The loss is ``||sg(z) - e||² + beta * ||z - sg(e)||²`` (codebook and
+    commitment terms, VQ-VAE). During training the number of times each code was picked
+    is accumulated in the ``usage`` buffer; `restart_dead_codes` replaces codes never
+    picked since the last restart by encoder outputs, so that the codebook stays in use.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, beta: float) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.beta = beta
+        self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
+        self.register_buffer("usage", torch.zeros(codebook_size))
+
+    def normalized_codebook(self) -> torch.Tensor:
+        """The codes as unit vectors, float32 ``(K, D)``."""
+        return F.normalize(self.codebook.float(), dim=1)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, d, h, w)`` -> unit-norm code vectors ``(B, D, d, h, w)``."""
+        if tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 4:
+            raise DataError(
+                f"tokens: expected an integer tensor (B, d, h, w), got {tokens.dtype} "
+                f"{tuple(tokens.shape)}"
+            )
+        if (
+            tokens.numel()
+            and not tokens.is_meta
+            and (tokens.min() < 0 or tokens.max() >= self.codebook_size)
+        ):
+            raise DataError(
+                f"tokens: ids must be in [0, {self.codebook_size}), got "
+                f"[{int(tokens.min())}, {int(tokens.max())}]"
+            )
+        return self.normalized_codebook()[tokens.long()].permute(0, 4, 1, 2, 3)
+
+    def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
+        with _full_precision(z_e.device):
+            b, dim, d, h, w = z_e.shape
+            z = F.normalize(z_e.float().permute(0, 2, 3, 4, 1).reshape(-1, dim), dim=1)
+            codes = self.normalized_codebook()
+            indices = (z @ codes.t()).argmax(dim=1)
+            e = codes[indices]
+            loss = F.mse_loss(e, z.detach()) + self.beta * F.mse_loss(z, e.detach())
+            z_q = z + (e - z).detach()
+            counts = torch.zeros(self.codebook_size, device=z.device).index_add_(
+                0, indices, torch.ones_like(z[:, 0])
+            )
+            if self.training:
+                self.usage += counts.detach()
+            probs = counts / counts.sum()
+            perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+            fraction_used = (counts > 0).float().mean()
+        return QuantizerOutput(
+            z_q=z_q.reshape(b, d, h, w, dim).permute(0, 4, 1, 2, 3),
+            tokens=indices.reshape(b, d, h, w),
+            loss=loss,
+            perplexity=perplexity,
+            fraction_used=fraction_used,
+        )
+
+    @torch.no_grad()
+    def restart_dead_codes(self, z_e: torch.Tensor, generator: torch.Generator) -> int:
+        """Move every code unused since the last call onto a random encoder output.
+
+        ``z_e`` is a batch of encoder outputs ``(B, D, d, h, w)``; the choice of outputs is
+        drawn from ``generator`` (CPU), so restarts are reproducible. Resets ``usage``;
+        returns the number of restarted codes.
+        """
+        dead = (self.usage == 0).nonzero().flatten()
+        self.usage.zero_()
+        if dead.numel() == 0:
+            return 0
+        pool = F.normalize(z_e.detach().float().movedim(1, -1).reshape(-1, z_e.shape[1]), dim=1)
+        pick = torch.randint(pool.shape[0], (dead.numel(),), generator=generator)
+        self.codebook.data[dead.to(self.codebook.device)] = pool[pick.to(pool.device)].to(
+            self.codebook.dtype
+        )
+        return int(dead.numel())
+
+
+class ImportanceHead(nn.Module):
+    """Quantized latent ``(B, D, d, h, w)`` -> one score in (0, 1) per token ``(B, d, h, w)``.
+
+    Two 3³ convolutions see each token with its neighbours; the output bias starts at
+    ``logit(budget)`` so that training starts at the budget rather than at 0.5.
+    """
+
+    def __init__(self, dim: int, hidden: int, budget: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(dim, hidden, 3, padding=1)
+        self.conv2 = nn.Conv3d(hidden, hidden, 3, padding=1)
+        self.out = nn.Conv3d(hidden, 1, 1)
+        nn.init.constant_(self.out.bias, math.log(budget / (1.0 - budget)))
+
+    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.conv2(F.silu(self.conv1(z_q))))
+        return torch.sigmoid(self.out(h)).squeeze(1)
+
+
+class Decoder3D(nn.Module):
+    """Latent ``(B, embed_dim, d, h, w)`` -> ROI ``(B, C, S, S, S)`` (unclamped), mirroring
+    `Encoder3D` with ``num_res_blocks + 1`` residual blocks per level."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        widths = [config.base_channels * m for m in config.channel_mult]
+        channels = widths[-1]
+        self.conv_in = nn.Conv3d(config.embed_dim, channels, 3, padding=1)
+        blocks: list[nn.Module] = _mid_blocks(channels, config)
+        for level in reversed(range(len(widths))):
+            for _ in range(config.num_res_blocks + 1):
+                blocks.append(ResBlock3D(channels, widths[level], config.norm_groups))
+                channels = widths[level]
+            if level > 0:
+                blocks.append(Upsample3D(channels))
+        self.body = _Stack(blocks)
+        self.norm_out = group_norm(channels, config.norm_groups)
+        self.conv_out = nn.Conv3d(channels, config.in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.conv_in(z))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+@dataclasses.dataclass
+class VQGANOutput:
+    """What `VQGAN3D.forward` returns (everything the training losses need)."""
+
+    reconstruction: torch.Tensor  # (B, C, S, S, S), unclamped
+    tokens: torch.Tensor  # (B, d, h, w)
+    importance: torch.Tensor  # (B, d, h, w) in (0, 1)
+    z_e: torch.Tensor  # (B, D, d, h, w) encoder output (for dead-code restarts)
+    quant_loss: torch.Tensor  # codebook + commitment
+    perplexity: torch.Tensor
+    fraction_used: torch.Tensor
+
+
+class VQGAN3D(PretrainedMixin, nn.Module):
+    """The stage-1 tokenizer: `Encoder3D` -> `VectorQuantizer` -> gated `Decoder3D`.
+
+    Inference API: ``encode(x) -> (tokens, importance)``, ``decode(tokens) -> volume`` in
+    [-1, 1], ``importance(tokens)``; ``forward(x)`` returns a `VQGANOutput` for training.
+    """
+
+    config_class = TokenizerConfig
+    model_type = "vqgan3d"
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder3D(config)
+        self.quantizer = VectorQuantizer(
+            config.codebook_size, config.embed_dim, config.commitment_beta
+        )
+        self.importance_head = ImportanceHead(
+            config.embed_dim, config.importance_hidden, config.importance_budget
+        )
+        self.decoder = Decoder3D(config)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        f, c = self.config.downsample_factor * self.config.coarse_pool, self.config.in_channels
+        if x.ndim != 5 or x.shape[1] != c or any(s % f for s in x.shape[2:]):
+            raise DataError(
+                f"VQGAN3D input: expected (B, {c}, D, H, W) with D, H, W multiples of {f}, "
+                f"got {tuple(x.shape)}"
+            )
+
+    def coarse(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Low-detail latent: ``z_q`` averaged over ``coarse_pool``³ tokens, upsampled back."""
+        pool = self.config.coarse_pool
+        return F.interpolate(F.avg_pool3d(z_q, pool), scale_factor=float(pool), mode="nearest")
+
+    def gate(self, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder input ``s * z_q + (1 - s) * z_coarse`` and the scores ``s``."""
+        s = self.importance_head(z_q)
+        return s.unsqueeze(1) * z_q + (1.0 - s.unsqueeze(1)) * self.coarse(z_q), s
+
+    def forward(self, x: torch.Tensor) -> VQGANOutput:
+        self._check_input(x)
+        z_e = self.encoder(x)
+        q = self.quantizer(z_e)
+        decoder_input, s = self.gate(q.z_q.to(z_e.dtype))
+        return VQGANOutput(
+            reconstruction=self.decoder(decoder_input),
+            tokens=q.tokens,
+            importance=s,
+            z_e=z_e,
+            quant_loss=q.loss,
+            perplexity=q.perplexity,
+            fraction_used=q.fraction_used,
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ROIs ``(B, C, S, S, S)`` -> tokens ``(B, d, h, w)`` long, importance in (0, 1)."""
+        self._check_input(x)
+        q = self.quantizer(self.encoder(x))
+        return q.tokens, self.importance_head(q.z_q)
+
+    def importance(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Importance scores ``(B, d, h, w)`` of any token grid, e.g. a generated one."""
+        return self.importance_head(self.quantizer.embed(tokens))
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, d, h, w)`` -> ROIs ``(B, C, S, S, S)`` clamped to [-1, 1]."""
+        decoder_input, _ = self.gate(self.quantizer.embed(tokens))
+        return self.decoder(decoder_input).clamp(-1.0, 1.0)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the decoder's output convolution (for the adaptive GAN weight)."""
+        return self.decoder.conv_out.weight
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute encoder/decoder activations in the backward pass (saves memory at 128³)."""
+        self.encoder.body.gradient_checkpointing = enabled
+        self.decoder.body.gradient_checkpointing = enabled

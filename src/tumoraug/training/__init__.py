@@ -1,0 +1,1 @@
+"""Training: the shared engine (`tumoraug.training.loop`) and the per-stage tasks."""
