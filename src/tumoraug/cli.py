@@ -62,6 +62,53 @@ def info() -> None:
 
 @app.command()
 @friendly_errors
+def phantom(
+    out: str = typer.Argument(..., help="Output folder (BraTS 2019 layout: HGG/ and LGG/)."),
+    per_class: int = typer.Option(20, "--per-class", help="Phantoms per grade."),
+    seed: int = typer.Option(0, "--seed", help="Seed; the same seed writes the same bytes."),
+    shape: tuple[int, int, int] = typer.Option(
+        (240, 240, 155), "--shape", help="Volume shape D H W (1 mm voxels)."
+    ),
+    workers: int = typer.Option(1, "--workers", help="Parallel processes."),
+) -> None:
+    """Write procedural brain-tumor phantoms (HGG-like and LGG-like) in the BraTS layout."""
+    from tumoraug.data.phantom import write_phantom_dataset
+
+    write_phantom_dataset(out, per_class, seed=seed, shape=shape, workers=workers)
+    typer.echo(f"wrote {2 * per_class} phantoms ({per_class} HGG, {per_class} LGG) to {out}")
+
+
+@app.command()
+@friendly_errors
+def preprocess(
+    brats_dir: str = typer.Argument(..., help="BraTS folder (HGG/ + LGG/, or flat + CSV)."),
+    out_dir: str = typer.Argument(..., help="ROI cache folder (created or updated)."),
+    size: int = typer.Option(128, "--size", help="ROI edge in voxels."),
+    modalities: str = typer.Option("flair", "--modalities", help="Channels, e.g. flair,t1ce."),
+    workers: int = typer.Option(1, "--workers", help="Parallel processes."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad subject."),
+    labels_csv: str | None = typer.Option(
+        None, "--labels-csv", help="CSV of subject,grade (flat layouts; found if omitted)."
+    ),
+) -> None:
+    """Crop tumor-centred ROIs into a cache folder (skips subjects that did not change)."""
+    from tumoraug.data.cache import preprocess as run_preprocess
+
+    report = run_preprocess(
+        brats_dir, out_dir, size=size, modalities=modalities, workers=workers, strict=strict,
+        labels_csv=labels_csv, progress=True,
+    )  # fmt: skip
+    for subject, message in report.warnings:
+        console.print(f"[yellow]warning:[/] {subject}: {message}", highlight=False)
+    for subject, message in report.failed:
+        console.print(f"[bold red]failed:[/] {subject}: {message}", highlight=False)
+    typer.echo(report.summary())
+    if report.total == 0:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@friendly_errors
 def generate(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Model folder or Hub id (owner/name) of a TumorGenerator."
