@@ -1,0 +1,165 @@
+"""Stage-2 training: token corpus re-use, class dropout, exact resume, the 16³ pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tumoraug import TumorGenerator
+from tumoraug.config import GeneratorConfig, TokenizerConfig
+from tumoraug.errors import ConfigError, DataError
+from tumoraug.models.transformer import MaskedTransformer
+from tumoraug.models.vqgan import VQGAN3D
+from tumoraug.training.generator import (
+    GeneratorTask,
+    TokenCorpus,
+    encode_corpus,
+    train_generator,
+)
+from tumoraug.training.loop import StepContext
+
+TINY = dict(dim=32, depth=1, heads=4)
+
+
+class ROIs(torch.utils.data.Dataset):
+    """Random 16³ ROIs as (image, label) pairs, with a manifest like ROIDataset's."""
+
+    def __init__(self, n: int = 4, version: int = 0) -> None:
+        g = torch.Generator().manual_seed(version)
+        self.images = torch.rand(n, 1, 16, 16, 16, generator=g) * 2 - 1
+        self.manifest = {"version": version, "n": n}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], i % 2
+
+
+def random_corpus(n: int = 8, grid=(4, 4, 4), codebook: int = 64) -> TokenCorpus:
+    g = torch.Generator().manual_seed(0)
+    return TokenCorpus(
+        torch.randint(codebook, (n, *grid), generator=g),
+        torch.rand(n, *grid, generator=g),
+        torch.arange(n) % 2,
+        codebook,
+    )
+
+
+def test_encode_corpus_shapes_and_reuse(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    tokenizer = VQGAN3D(TokenizerConfig.preset("tiny"))
+    data = ROIs()
+    path = tmp_path / "corpus.safetensors"
+    corpus = encode_corpus(tokenizer, data, path, batch_size=3, device="cpu")
+    assert corpus.tokens.shape == (4, 4, 4, 4) and corpus.importance.shape == (4, 4, 4, 4)
+    assert corpus.labels.tolist() == [0, 1, 0, 1] and corpus.codebook_size == 64
+    assert path.is_file() and corpus.key
+    expected = tokenizer.encode(data.images)[0]
+    assert torch.equal(corpus.tokens, expected)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the tokenizer ran although the corpus was up to date")
+
+    monkeypatch.setattr(tokenizer, "encode", no_encoding)
+    again = encode_corpus(tokenizer, data, path, device="cpu")
+    assert torch.equal(again.tokens, corpus.tokens) and again.key == corpus.key
+    monkeypatch.undo()
+    changed = encode_corpus(tokenizer, ROIs(version=1), path, device="cpu")  # new manifest
+    assert changed.key != corpus.key
+    with torch.no_grad():
+        tokenizer.quantizer.codebook.mul_(-1)  # new weights
+    assert encode_corpus(tokenizer, ROIs(version=1), path, device="cpu").key != changed.key
+    with pytest.raises(DataError, match="not a tumoraug token corpus"):
+        (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+        TokenCorpus.load(tmp_path / "bad.safetensors")
+
+
+def context(step: int = 0, model=None) -> StepContext:
+    modules = {"generator": model}
+    return StepContext(step, 0, torch.device("cpu"), 0, 1, 0, modules, modules)
+
+
+@pytest.mark.parametrize(("dropout", "expected_null"), [(0.0, 0), (1.0, 8)])
+def test_class_dropout_sends_the_null_class(dropout, expected_null):
+    config = GeneratorConfig.preset("tiny", class_dropout=dropout, **TINY)
+    model = MaskedTransformer(config)
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(args[1].tolist()))
+    corpus = random_corpus()
+    batch = (corpus.tokens, corpus.importance, corpus.labels)
+    out = GeneratorTask(model).training_step(batch, context(model=model))
+    assert sum(label == config.null_class for label in seen[0]) == expected_null
+    assert torch.isfinite(out.losses["generator"]) and out.losses["generator"].requires_grad
+    assert 0 < float(out.metrics["corrupted_fraction"]) <= 1
+
+
+def test_loss_is_cross_entropy_on_corrupted_positions_only():
+    config = GeneratorConfig.preset("tiny", masking="random", class_dropout=0.0, **TINY)
+    model = MaskedTransformer(config)
+    corpus = random_corpus(4)
+    batch = (corpus.tokens, corpus.importance, corpus.labels)
+    logits_seen = []
+    model.register_forward_hook(lambda m, args, out: logits_seen.append((args[0], out)))
+    loss = GeneratorTask(model).training_step(batch, context(model=model)).losses["generator"]
+    corrupted, logits = logits_seen[0]
+    where = corrupted == config.mask_id  # random mode corrupts by masking only
+    manual = torch.nn.functional.cross_entropy(logits[where], corpus.tokens[where])
+    assert torch.allclose(loss, manual)
+
+
+def test_training_writes_metrics_and_resumes_exactly(tmp_path):
+    corpus = random_corpus()
+    config = GeneratorConfig.preset("tiny", **TINY)
+    kwargs = dict(batch_size=4, device="cpu", progress=False, log_every=1, checkpoint_every=2)
+    train_generator(config, corpus, tmp_path / "full", max_steps=4, **kwargs)
+    train_generator(config, corpus, tmp_path / "split", max_steps=2, **kwargs)
+    result = train_generator(config, corpus, tmp_path / "split", max_steps=4, **kwargs)
+    assert result.resumed_from == 2
+    full = MaskedTransformer.from_pretrained(tmp_path / "full" / "generator")
+    split = MaskedTransformer.from_pretrained(tmp_path / "split" / "generator")
+    for (name, a), b in zip(full.state_dict().items(), split.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert {"loss/generator", "accuracy"} <= set(records[0])
+    assert full.config.token_grid == (4, 4, 4) and full.config.codebook_size == 64
+    assert not (tmp_path / "full" / "tumoraug.json").exists()  # no tokenizer known
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="TokenCorpus"):
+        train_generator("tiny", 42, tmp_path)
+    tokenizer = VQGAN3D(TokenizerConfig.preset("tiny", codebook_size=32))
+    with pytest.raises(ConfigError, match="codebook_size"):
+        train_generator("tiny", random_corpus(), tmp_path, tokenizer=tokenizer, max_steps=1)
+
+
+def test_pipeline_16_cubed_runs_in_seconds(tmp_path):
+    """Phantoms -> ROI cache -> tokenizer -> corpus -> generator -> TumorGenerator -> ROIs."""
+    from tumoraug.data import preprocess, write_phantom_dataset
+    from tumoraug.training.tokenizer import train_tokenizer
+
+    write_phantom_dataset(tmp_path / "raw", per_class=2, seed=0, shape=(32, 32, 32))
+    preprocess(tmp_path / "raw", tmp_path / "cache", size=16)
+    quiet = dict(batch_size=2, device="cpu", progress=False)
+    train_tokenizer(
+        "tiny", tmp_path / "cache", tmp_path / "stage1", max_steps=1, image_every=0, **quiet
+    )
+    train_generator(
+        GeneratorConfig.preset("tiny", **TINY),
+        (tmp_path / "stage1" / "tokenizer", tmp_path / "cache"),
+        tmp_path / "model",
+        max_steps=2,
+        image_every=2,
+        **quiet,
+    )
+    assert (tmp_path / "model" / "corpus.safetensors").is_file()
+    assert (tmp_path / "model" / "samples" / "step_00000002.png").is_file()
+    generator = TumorGenerator.from_pretrained(tmp_path / "model", device="cpu")
+    rois = generator.generate(["HGG", "LGG"], seed=0, steps=2)
+    assert rois.shape == (2, 1, 16, 16, 16)
+    assert float(rois.abs().max()) <= 1.0
