@@ -142,3 +142,49 @@ def generate(
         progress=True,
     )  # fmt: skip
     typer.echo(f"wrote {len(manifest['samples'])} ROIs to {out}")
+
+
+@app.command("train-generator")
+@friendly_errors
+def train_generator(
+    out: str = typer.Option(..., "--out", "-o", help="Output folder (checkpoints, final model)."),
+    tokenizer: str | None = typer.Option(
+        None, "--tokenizer", "-t", help="Trained tokenizer folder (<train out>/tokenizer)."
+    ),
+    data: str | None = typer.Option(None, "--data", "-d", help="ROI cache folder (preprocess)."),
+    corpus: str | None = typer.Option(
+        None, "--corpus", help="Pre-encoded token corpus file, instead of --data."
+    ),
+    preset: str = typer.Option("brats128", "--preset", help="Config preset: brats128 or tiny."),
+    config: str | None = typer.Option(None, "--config", help="GeneratorConfig JSON file."),
+    masking: str | None = typer.Option(None, "--masking", help="hybrid or random (MaskGIT)."),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Token grids per step and process."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(3e-4, "--lr", help="AdamW learning rate."),
+    warmup: int = typer.Option(0, "--warmup", help="Linear warm-up steps."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Checkpoint interval."),
+    image_every: int = typer.Option(0, "--image-every", help="Sample montage interval (0 = off)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, masking and data order."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue the last checkpoint."),
+) -> None:
+    """Train the stage-2 masked transformer on the tokens of a trained tokenizer."""
+    from tumoraug.config import GeneratorConfig
+    from tumoraug.errors import ConfigError
+    from tumoraug.training.generator import train_generator as run
+
+    settings = GeneratorConfig.from_json(config) if config else GeneratorConfig.preset(preset)
+    if masking is not None:
+        settings = settings.replace(masking=masking)
+    if (data is None) == (corpus is None):
+        raise ConfigError("give exactly one of --data (with --tokenizer) or --corpus")
+    if data is not None and tokenizer is None:
+        raise ConfigError("--data needs --tokenizer: the folder of a trained tokenizer")
+    source = corpus if corpus is not None else (tokenizer, data)
+    result = run(
+        settings, source, out, tokenizer=tokenizer, max_steps=steps, batch_size=batch_size,
+        grad_accum_steps=grad_accum, lr=lr, warmup_steps=warmup, device=device, seed=seed,
+        resume=resume, checkpoint_every=checkpoint_every, image_every=image_every,
+    )  # fmt: skip
+    typer.echo(f"trained {result.step} steps; model in {out}")
