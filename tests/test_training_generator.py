@@ -163,3 +163,27 @@ def test_pipeline_16_cubed_runs_in_seconds(tmp_path):
     rois = generator.generate(["HGG", "LGG"], seed=0, steps=2)
     assert rois.shape == (2, 1, 16, 16, 16)
     assert float(rois.abs().max()) <= 1.0
+
+
+def test_cli_train_generator_then_generate(tmp_path):
+    from typer.testing import CliRunner
+
+    from tumoraug.cli import app
+
+    runner = CliRunner()
+    random_corpus().save(tmp_path / "corpus.safetensors")
+    VQGAN3D(TokenizerConfig.preset("tiny")).save_pretrained(tmp_path / "tokenizer")
+    result = runner.invoke(app, [
+        "train-generator", "--corpus", str(tmp_path / "corpus.safetensors"), "--tokenizer",
+        str(tmp_path / "tokenizer"), "--out", str(tmp_path / "model"), "--preset", "tiny",
+        "--steps", "2", "--batch-size", "4", "--device", "cpu", "--masking", "random",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert MaskedTransformer.load_config(tmp_path / "model" / "generator").masking == "random"
+    generated = runner.invoke(app, [
+        "generate", "--model", str(tmp_path / "model"), "--label", "LGG", "--n", "1", "--out",
+        str(tmp_path / "rois"), "--steps", "2", "--device", "cpu",
+    ])  # fmt: skip
+    assert generated.exit_code == 0, generated.output
+    both = runner.invoke(app, ["train-generator", "--out", str(tmp_path / "x")])
+    assert both.exit_code == 1 and "exactly one of --data" in both.output
