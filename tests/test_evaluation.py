@@ -10,7 +10,7 @@ import torch
 import torchio as tio
 from PIL import Image
 
-from tumoraug.errors import ConfigError, DataError
+from tumoraug.errors import ConfigError, DataError, TumorAugError
 from tumoraug.evaluation import (
     ClassifierConfig,
     ProtocolConfig,
@@ -21,6 +21,15 @@ from tumoraug.evaluation import (
     run_protocol,
     stratified_folds,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny 3D convolutions gain nothing from threads and slow down on a busy CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _toy_items(n: int, seed: int, size: int = 16, signal: float = 0.8) -> list:
@@ -75,10 +84,13 @@ def test_item_tensors_reads_subjects_and_tuples():
     subject = tio.Subject(image=tio.ScalarImage(tensor=volume), label=1)
     image, label = item_tensors(subject)
     assert torch.equal(image, volume) and label == 1
-    assert item_tensors((volume[0], 0))[0].shape == (1, 8, 8, 8)
+    image, label = item_tensors((volume, "LGG"))
+    assert torch.equal(image, volume) and label == 0
     with pytest.raises(DataError, match="cannot read"):
         item_tensors("scan.nii.gz")
-    with pytest.raises(DataError, match="label 0"):
+    with pytest.raises(DataError, match="batch of 2"):
+        item_tensors((torch.rand(2, 1, 8, 8, 8), 1))
+    with pytest.raises(TumorAugError):
         item_tensors((volume, 3))
 
 
@@ -182,3 +194,87 @@ class RealCopier:
     def generate(self, labels: list, seed: int = 0, **_: object) -> torch.Tensor:
         pool = [x for x, y in self.items if y == labels[0]]
         return torch.stack(pool[: len(labels)])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def roi_cache(tmp_path_factory):
+    """A 16³ ROI cache of 4 HGG + 4 LGG phantoms."""
+    from tumoraug.data.cache import preprocess
+    from tumoraug.data.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root / "raw", per_class=4, seed=0, shape=(40, 40, 40))
+    preprocess(root / "raw", root / "cache", size=16)
+    return root / "cache"
+
+
+TINY_CLI = ["--folds", "2", "--run-folds", "1", "--seeds", "0", "--epochs", "1", "--width", "4"]
+
+
+def test_cli_evaluate_real_only_prints_the_table(roi_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumoraug.cli import app
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app, ["evaluate", "--data", str(roi_cache), "--out", str(out), *TINY_CLI]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "| Condition | AUC | F1 | Acc | Prec | Rec |"
+    assert len(lines) == 3 and lines[2].startswith("| Real only |")
+    assert lines[2].count("±") == 5
+    assert (out / "results.md").read_text() == result.stdout
+    data = json.loads((out / "results.json").read_text())
+    assert data["n_real"] == 8 and len(data["runs"]) == 1
+    assert len(data["runs"][0]["labels"]) == 4  # one fold of a 2-fold split of 8 subjects
+    assert (out / "roc.png").stat().st_size > 0
+
+
+def test_cli_evaluate_with_a_generator_model(roi_cache, tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumoraug.cli import app
+
+    args = ["evaluate", "--data", str(roi_cache), "--model", str(tiny_model_dir)]
+    args += ["--conditions", "real,mixed,pretrain", "--pretrain-epochs", "1", "--ratio", "0.5"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), *TINY_CLI])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(" | ")[0] for line in result.stdout.strip().splitlines()[2:]]
+    assert rows == [
+        "| Real only",
+        "| Real + synthetic (ratio 0.5)",
+        "| Pre-train synthetic, fine-tune real",
+    ]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["n_synthetic"] == 4  # ratio 0.5 x 8 real ROIs, generated once
+
+
+def test_cli_evaluate_rejects_two_synthetic_sources(roi_cache, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tumoraug.cli import app
+
+    args = ["evaluate", "--data", str(roi_cache), "--model", str(tiny_model_dir)]
+    result = CliRunner().invoke(app, [*args, "--synthetic", str(roi_cache)])
+    assert result.exit_code == 1
+    assert "give one synthetic source" in result.output
+
+
+def test_cli_evaluate_samples_side_by_side(roi_cache, tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumoraug.cli import app
+
+    args = ["evaluate-samples", "--data", str(roi_cache), "--n", "2", "--steps", "2"]
+    args += ["--model", str(tiny_model_dir), "--model", str(tiny_model_dir)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| Model | Grade |") and len(lines) == 6
+    assert "| tiny-generator | LGG |" in lines[2] and "| tiny-generator-1 | LGG |" in lines[3]
+    assert (tmp_path / "samples_montage.png").stat().st_size > 0

@@ -144,6 +144,106 @@ def generate(
     typer.echo(f"wrote {len(manifest['samples'])} ROIs to {out}")
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    from tumoraug.errors import ConfigError
+
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    data: str = typer.Option(..., "--data", "-d", help="Real ROI cache folder (from preprocess)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="TumorGenerator folder or Hub id making the synthetic ROIs."
+    ),
+    bank: str | None = typer.Option(None, "--bank", help="Synthetic bank instead of a model."),
+    synthetic: str | None = typer.Option(
+        None, "--synthetic", help="ROI cache folder of synthetic ROIs instead of a model."
+    ),
+    conditions: str | None = typer.Option(
+        None,
+        "--conditions",
+        help="Among real,mixed,pretrain (default: all with a synthetic source, else real).",
+    ),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (stratified by grade)."),
+    run_folds: int | None = typer.Option(None, "--run-folds", help="Run only the first N folds."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated training seeds."),
+    ratio: float = typer.Option(1.0, "--ratio", help="Synthetic ROIs per real training ROI."),
+    class_ratio: float = typer.Option(0.5, "--class-ratio", help="HGG fraction of generated ROIs."),
+    epochs: int = typer.Option(30, "--epochs", help="Epochs on real data (and on the mix)."),
+    pretrain_epochs: int = typer.Option(15, "--pretrain-epochs", help="Epochs of pre-training."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Classifier batch size."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    width: int = typer.Option(16, "--width", help="Channels of the classifier's first stage."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    out: str = typer.Option("evaluation", "--out", "-o", help="Output folder for the reports."),
+) -> None:
+    """Cross-validate an LGG/HGG classifier on real ROIs with and without synthetic ones."""
+    from tumoraug.data import ROIDataset
+    from tumoraug.evaluation import ClassifierConfig, ProtocolConfig, run_protocol, synthetic_source
+
+    real = ROIDataset(data)
+    source = synthetic_source(
+        model=model, bank=bank, roi_dir=synthetic, count=max(1, round(ratio * len(real))),
+        class_ratio=class_ratio, device=device, progress=True,
+    )  # fmt: skip
+    if conditions is None:
+        conditions = "real" if source is None else "real,mixed,pretrain"
+    config = ProtocolConfig(
+        conditions=tuple(c.strip() for c in conditions.split(",") if c.strip()),
+        folds=folds, run_folds=run_folds, seeds=_int_list(seeds, "--seeds"), ratio=ratio,
+        epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr,
+        device=device,
+    )  # fmt: skip
+    classifier = ClassifierConfig(in_channels=real[0]["image"].shape[0], base_width=width)
+    result = run_protocol(real, source, config=config, classifier=classifier, progress=True)
+    paths = result.save(out)
+    typer.echo(result.to_markdown(), nl=False)
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.0f} s)")
+
+
+@app.command("evaluate-samples")
+@friendly_errors
+def evaluate_samples(
+    data: str = typer.Option(..., "--data", "-d", help="Real ROI cache folder (from preprocess)."),
+    model: list[str] = typer.Option(  # noqa: B008 - typer reads the default
+        ..., "--model", "-m", help="TumorGenerator folder or Hub id; repeat to compare models."
+    ),
+    n: int = typer.Option(16, "--n", "-n", help="Generated ROIs per grade and model."),
+    seed: int = typer.Option(0, "--seed", help="Base seed of the generated ROIs."),
+    steps: int = typer.Option(12, "--steps", help="Decoding rounds."),
+    guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance (1 = off)."),
+    feature_size: int = typer.Option(16, "--feature-size", help="MMD features: pooled edge."),
+    max_pairs: int = typer.Option(1000, "--max-pairs", help="MS-SSIM pairs per set (at most)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    out: str = typer.Option("evaluation", "--out", "-o", help="Output folder for the reports."),
+) -> None:
+    """Fidelity (MMD ×10⁴) and diversity (MS-SSIM) per grade of one or more models."""
+    from pathlib import Path
+
+    from tumoraug.data import ROIDataset
+    from tumoraug.evaluation import evaluate_samples as run_report
+    from tumoraug.generator import TumorGenerator
+
+    models = {}
+    for index, source in enumerate(model):
+        name = Path(source).name or source
+        models[name if name not in models else f"{name}-{index}"] = TumorGenerator.from_pretrained(
+            source, device=device
+        )
+    report = run_report(
+        ROIDataset(data), models, n_per_class=n, seed=seed, feature_size=feature_size,
+        max_pairs=max_pairs, generate_kwargs={"steps": steps, "guidance_scale": guidance},
+    )  # fmt: skip
+    paths = report.save(out)
+    typer.echo(report.to_markdown(), nl=False)
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 @app.command("train-generator")
 @friendly_errors
 def train_generator(

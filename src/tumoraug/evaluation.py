@@ -39,7 +39,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from tumoraug.checkpoint import atomic_path, atomic_write_json, atomic_write_text
 from tumoraug.config import Config, check
-from tumoraug.errors import DataError
+from tumoraug.data import subject_tensors
+from tumoraug.errors import ConfigError, DataError
 from tumoraug.metrics import classification_metrics, roc_curve
 
 CONDITIONS = ("real", "mixed", "pretrain")
@@ -207,26 +208,11 @@ class ResNet3D(nn.Module):
 
 
 def item_tensors(item: Any) -> tuple[torch.Tensor, int]:
-    """``(image (C,D,H,W) float32, label int)`` from a Subject / dict item or a tuple."""
-    if isinstance(item, (tuple, list)) and len(item) >= 2:
-        image, label = item[0], item[1]
-    elif isinstance(item, dict) and "image" in item and "label" in item:
-        image, label = item["image"], item["label"]
-        image = getattr(image, "data", image)
-    else:
-        raise DataError(
-            f"cannot read a classifier example from a {type(item).__name__}: expected a "
-            "tio.Subject with 'image' and 'label', or an (image, label) tuple"
-        )
-    image = torch.as_tensor(image).float()
-    if image.ndim == 3:
-        image = image.unsqueeze(0)
-    if image.ndim != 4:
-        raise DataError(f"expected an image of shape (C,D,H,W), got {tuple(image.shape)}")
-    label = int(torch.as_tensor(label).reshape(-1)[0])
-    if label not in (0, 1):
-        raise DataError(f"expected label 0 (LGG) or 1 (HGG), got {label}")
-    return image, label
+    """``(image (C,D,H,W) float32, label int)`` of one item, via `subject_tensors`."""
+    image, _, label = subject_tensors(item)
+    if image.shape[0] != 1:
+        raise DataError(f"expected one item, got a batch of {image.shape[0]}")
+    return image[0], int(label[0])
 
 
 class _Examples(Dataset):
@@ -747,3 +733,53 @@ def evaluate_samples(
         "kernel": "gaussian (median heuristic), biased estimator",
     }
     return SampleReport(rows=rows, settings=settings, montage=montage)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def synthetic_source(
+    *,
+    model: str | Path | None = None,
+    bank: str | Path | None = None,
+    roi_dir: str | Path | None = None,
+    count: int = 0,
+    class_ratio: float = 0.5,
+    seed: int = 0,
+    generate_kwargs: dict[str, Any] | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> Dataset | None:
+    """The synthetic dataset of the protocol from at most one of three sources, or None.
+
+    ``model``: a `TumorGenerator` folder or Hub id; ``count`` ROIs (a fraction
+    ``class_ratio`` of them HGG) are generated once, with ``seed``, and kept in memory.
+    ``bank``: a `SyntheticBank` written earlier, read as it is. ``roi_dir``: a ROI cache
+    folder (`ROIDataset` layout) holding synthetic ROIs made by any other means.
+    """
+    given = [name for name, v in (("model", model), ("bank", bank), ("roi_dir", roi_dir)) if v]
+    if len(given) > 1:
+        raise ConfigError(f"give one synthetic source, got {' and '.join(given)}")
+    if model:
+        from tumoraug.dataset import SyntheticTumorDataset
+
+        if count < 1:
+            raise ConfigError(f"count: expected the number of ROIs to generate (>= 1), got {count}")
+        dataset = SyntheticTumorDataset(
+            str(model),
+            length=count,
+            class_ratio=class_ratio,
+            seed=seed,
+            device=device,
+            **(generate_kwargs or {}),
+        )
+        return materialize(dataset, progress=progress)  # type: ignore[return-value]
+    if bank:
+        from tumoraug.dataset import SyntheticTumorDataset
+
+        return SyntheticTumorDataset.from_bank(bank)
+    if roi_dir:
+        from tumoraug.data import ROIDataset
+
+        return ROIDataset(roi_dir)
+    return None
