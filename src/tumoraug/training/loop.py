@@ -477,6 +477,7 @@ def _fit(
         num_workers=opt["num_workers"],
         collate_fn=opt["collate_fn"] or default_collate,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed + start),  # keeps the global RNG untouched
     )
     batches = iter(loader)
     is_main = rank == 0
