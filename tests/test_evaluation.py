@@ -278,3 +278,21 @@ def test_cli_evaluate_samples_side_by_side(roi_cache, tiny_model_dir, tmp_path):
     assert lines[0].startswith("| Model | Grade |") and len(lines) == 6
     assert "| tiny-generator | LGG |" in lines[2] and "| tiny-generator-1 | LGG |" in lines[3]
     assert (tmp_path / "samples_montage.png").stat().st_size > 0
+
+
+def test_cli_evaluate_with_a_synthetic_bank(roi_cache, tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumoraug.bank import SyntheticBank
+    from tumoraug.cli import app
+
+    bank = SyntheticBank.build(
+        tiny_model_dir, 4, None, tmp_path / "bank.npy", steps=2, device="cpu"
+    )
+    args = ["evaluate", "--data", str(roi_cache), "--bank", str(bank.path)]
+    result = CliRunner().invoke(
+        app, [*args, "--conditions", "pretrain", "--out", str(tmp_path), *TINY_CLI]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[2].startswith("| Pre-train synthetic, fine-tune real |")
+    assert json.loads((tmp_path / "results.json").read_text())["n_synthetic"] == 4
