@@ -92,11 +92,10 @@ def test_labels_ratio_explicit_and_single():
         SyntheticTumorDataset("x", 4)[4]
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_workers_load_the_generator_lazily_and_agree(generator, tiny_model_dir, context):
+def test_spawned_workers_load_the_generator_lazily_and_agree(generator, tiny_model_dir):
     lazy = TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
     ds = SyntheticTumorDataset(lazy, 8, seed=3, block_size=2)
-    loader = tio.SubjectsLoader(ds, batch_size=2, num_workers=2, multiprocessing_context=context)
+    loader = tio.SubjectsLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="spawn")
     batches = list(loader)
     assert not lazy.is_loaded  # only the workers loaded weights
     images = torch.cat([b["image"]["data"] for b in batches])
@@ -104,7 +103,7 @@ def test_workers_load_the_generator_lazily_and_agree(generator, tiny_model_dir, 
     assert torch.cat([b["label"] for b in batches]).tolist() == ds.labels
 
 
-def test_path_is_loaded_in_each_worker_and_item_access_uses_blocks(tiny_model_dir, generator):
+def test_forked_workers_load_a_path_and_item_access_uses_blocks(tiny_model_dir, generator):
     ds = SyntheticTumorDataset(str(tiny_model_dir), 5, seed=2, block_size=4, device="cpu")
     loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
     images = torch.stack([item.image.data for item in loader])

@@ -317,7 +317,7 @@ class SyntheticBank:
         workers: int,
         on_batch: Callable[[int], None] | None,
     ) -> SyntheticBank:
-        bounds = np.linspace(0, len(labels), workers + 1).round().astype(int)
+        bounds = [round(len(labels) * k / workers) for k in range(workers + 1)]
         ctx = multiprocessing.get_context("spawn")
         with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
             shard_paths = [Path(tmp) / f"shard{k}.npy" for k in range(workers)]
