@@ -58,3 +58,23 @@ def hub_cache(tmp_path, monkeypatch):
         return storage / "snapshots" / revision
 
     return put
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory):
+    """A tiny BraTS-2019-layout folder: 3 HGG + 3 LGG phantoms of 48×48×32, seed 0 (read-only)."""
+    from tumoraug.data.phantom import write_phantom_dataset
+
+    return write_phantom_dataset(
+        tmp_path_factory.mktemp("phantoms") / "brats", 3, seed=0, shape=(48, 48, 32)
+    )
+
+
+@pytest.fixture(scope="session")
+def roi_cache(phantom_dir, tmp_path_factory):
+    """The ROI cache of `phantom_dir` at size 16, FLAIR only (read-only; `ROIDataset` reads it)."""
+    from tumoraug.data.cache import preprocess
+
+    out = tmp_path_factory.mktemp("roi-cache") / "rois"
+    preprocess(phantom_dir, out, size=16, modalities=("flair",))
+    return out

@@ -110,11 +110,7 @@ def _process_subject(
         )
     name = cache_file_name(record.subject_id)
     with atomic_path(out_dir / name) as tmp:
-        save_file(
-            {"image": roi.image, "seg": roi.seg[None]},
-            str(tmp),
-            metadata={"subject": record.subject_id, "grade": record.grade},
-        )
+        save_file({"image": roi.image, "seg": roi.seg[None]}, str(tmp))
     return {
         "subject": record.subject_id,
         "grade": record.grade,

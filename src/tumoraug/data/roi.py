@@ -56,8 +56,8 @@ def tumor_bbox(seg: np.ndarray, name: str = "segmentation") -> tuple[np.ndarray,
 def centred_start(lower: np.ndarray, upper: np.ndarray, size: int) -> tuple[int, ...]:
     """First corner of the ``size``-cube centred on the box ``[lower, upper]`` (inclusive).
 
-    For an extent of other parity than ``size`` the centre falls between two voxels; the
-    extra voxel then goes to the high side.
+    When the margin ``size - extent`` is odd, the cube has one more voxel before the box
+    than after it.
     """
     return tuple(int(s) for s in (np.asarray(lower) + np.asarray(upper) + 1 - size) // 2)
 
