@@ -144,9 +144,18 @@ def test_protocol_summary_statistics_over_seeds():
     assert summary["std"] == pytest.approx(np.std(accuracies, ddof=1))
 
 
-def test_protocol_needs_synthetic_for_synthetic_conditions():
+def test_protocol_checks_its_inputs():
+    real = _toy_items(8, seed=0)
     with pytest.raises(DataError, match="need synthetic data"):
-        run_protocol(_toy_items(8, seed=0), config=ProtocolConfig(folds=2), classifier=TINY)
+        run_protocol(real, config=ProtocolConfig(folds=2), classifier=TINY)
+    with pytest.raises(DataError, match=r"synthetic ROIs have shape \(1, 8, 8, 8\)"):
+        run_protocol(real, _toy_items(4, seed=1, size=8), config=ProtocolConfig(folds=2))
+    with pytest.raises(DataError, match="in_channels=2"):
+        run_protocol(
+            real,
+            config=ProtocolConfig(conditions=("real",), folds=2),
+            classifier=TINY.replace(in_channels=2),
+        )
 
 
 def test_sample_report_compares_models_with_real_rois(tiny_model_dir, tmp_path):

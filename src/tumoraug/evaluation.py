@@ -557,14 +557,25 @@ def run_protocol(
     """Cross-validate the classifier under every condition and seed; see the module doc."""
     config = config or ProtocolConfig()
     labels = dataset_labels(real)
-    if classifier is None:
-        channels = item_tensors(real[0])[0].shape[0]
-        classifier = ClassifierConfig(in_channels=channels)
-    if config.needs_synthetic and synthetic is None:
+    shape = tuple(item_tensors(real[0])[0].shape)
+    classifier = classifier or ClassifierConfig(in_channels=shape[0])
+    if classifier.in_channels != shape[0]:
         raise DataError(
-            f"conditions {list(config.conditions)} need synthetic data: pass a generator "
-            "model, a synthetic bank or a synthetic ROI folder, or use conditions=('real',)"
+            f"the ROIs have {shape[0]} channel(s), the classifier expects "
+            f"in_channels={classifier.in_channels}"
         )
+    if config.needs_synthetic:
+        if synthetic is None:
+            raise DataError(
+                f"conditions {list(config.conditions)} need synthetic data: pass a generator "
+                "model, a synthetic bank or a synthetic ROI folder, or use conditions=('real',)"
+            )
+        synthetic_shape = tuple(item_tensors(synthetic[0])[0].shape)
+        if synthetic_shape != shape:
+            raise DataError(
+                f"synthetic ROIs have shape {synthetic_shape}, the real ROIs {shape}: "
+                "use a model / bank made for this ROI size and modalities"
+            )
     splits = stratified_folds(labels, config.folds, config.split_seed)
     splits = splits[: config.run_folds or config.folds]
     jobs = [
