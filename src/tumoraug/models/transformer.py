@@ -20,25 +20,26 @@ from tumoraug.config import GeneratorConfig
 
 
 class SelfAttention(nn.Module):
-    """Multi-head bidirectional self-attention through `F.scaled_dot_product_attention`."""
+    """Multi-head bidirectional self-attention through `F.scaled_dot_product_attention`.
+
+    Dropout is applied to the output, not to the attention weights: that keeps the fused
+    (flash / memory-efficient) kernels usable on CPU and GPU during training.
+    """
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
-        self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).unbind(2)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            dropout_p=self.dropout if self.training else 0.0,
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         )
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        return self.dropout(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
 
 
 class Block(nn.Module):
