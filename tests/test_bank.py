@@ -134,3 +134,22 @@ def test_clear_errors_for_missing_corrupt_truncated_banks(generator, tmp_path):
     manifest_path(path).write_text(manifest.replace('"count": 3', '"count": 5'))
     with pytest.raises(DataError, match=r"bank\.json"):
         SyntheticBank.open(path)
+
+
+def test_cli_generate_writes_a_bank(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumoraug.cli import app
+
+    path = tmp_path / "cli-bank.npy"
+    args = ["generate", "--model", str(tiny_model_dir), "--label", "HGG,LGG", "--n", "2"]
+    args += ["--bank", str(path), "--steps", "2", "--device", "cpu", "--seed", "5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    bank = SyntheticBank.open(path)
+    assert bank.labels == [1, 1, 0, 0] and bank.seed == 5
+    assert bank.manifest["settings"]["steps"] == 2
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "already exists" in again.output
+    missing = CliRunner().invoke(app, [*args[:7], "--steps", "2"])
+    assert missing.exit_code == 1 and "--bank FILE" in missing.output

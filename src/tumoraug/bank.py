@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,6 +249,7 @@ class SyntheticBank:
         device: str = "auto",
         overwrite: bool = False,
         on_batch: Callable[[int], None] | None = None,
+        progress: bool = False,
     ) -> SyntheticBank:
         """Generate ``n`` ROIs into a new bank at ``path`` (``bank.npy`` + ``bank.json``).
 
@@ -255,8 +257,17 @@ class SyntheticBank:
         HGG. ``start``: index of the first item (shards of a larger bank). ``workers > 1``
         builds contiguous shards in that many spawned processes, then merges them (the
         generator must be picklable, e.g. loaded with ``from_pretrained``). ``on_batch``
-        is called with the number of items written after each batch (progress bars).
+        is called with the number of items written after each batch; ``progress`` shows a
+        progress bar on stderr.
         """
+        if progress:
+            with _progress_bar(n) as advance:
+                return cls.build(
+                    generator, n, labels, path, seed, dtype=dtype, batch_size=batch_size,
+                    class_ratio=class_ratio, steps=steps, guidance_scale=guidance_scale,
+                    temperature=temperature, start=start, workers=workers, device=device,
+                    overwrite=overwrite, on_batch=advance,
+                )  # fmt: skip
         path = Path(path).expanduser()
         if DTYPES.get(dtype) is None:
             raise ConfigError(f"bank dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -477,6 +488,18 @@ def _build_shard(
         **source.settings,
     )
     return len(labels)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(k)`` of a rich progress bar on stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("building bank", total=total)
+        yield lambda k: bar.advance(task, k)
 
 
 def _check_target(path: Path, overwrite: bool) -> None:

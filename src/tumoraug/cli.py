@@ -117,7 +117,11 @@ def generate(
         ..., "--label", "-l", help="Grade: HGG, LGG, 0 or 1; several as HGG,LGG (n of each)."
     ),
     n: int = typer.Option(8, "--n", "-n", help="ROIs per label."),
-    out: str = typer.Option(..., "--out", "-o", help="Output folder (created if needed)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Output folder (created if needed)."),
+    bank: str | None = typer.Option(
+        None, "--bank", help="Write a synthetic bank (FILE.npy + FILE.json) instead of NIfTI files."
+    ),
+    bank_dtype: str = typer.Option("int16", "--bank-dtype", help="Bank storage: int16 or float16."),
     seed: int = typer.Option(0, "--seed", help="Base seed; sample j uses a seed derived from it."),
     steps: int = typer.Option(12, "--steps", help="Decoding rounds."),
     guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance (1 = off)."),
@@ -127,15 +131,30 @@ def generate(
     fmt: str = typer.Option("nii.gz", "--format", help="nii.gz or nii."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
 ) -> None:
-    """Generate synthetic HGG / LGG ROIs as NIfTI files + manifest.json + preview.png."""
-    from tumoraug.errors import CheckpointError
+    """Generate synthetic HGG / LGG ROIs as NIfTI files + manifest.json + preview.png,
+    or into a synthetic bank (--bank FILE.npy, served by SyntheticTumorDataset.from_bank)."""
+    from tumoraug.errors import CheckpointError, ConfigError
     from tumoraug.generator import TumorGenerator, generate_to_folder
     from tumoraug.labels import to_labels
 
     labels = to_labels([part for part in label.split(",") if part.strip()])
     if model is None:
         raise CheckpointError("no model given: pass --model <model folder or Hub id owner/name>")
+    if out is None and bank is None:
+        raise ConfigError("give --out FOLDER (NIfTI files) and/or --bank FILE (synthetic bank)")
     generator = TumorGenerator.from_pretrained(model, device=device)
+    if bank is not None:
+        from tumoraug.bank import SyntheticBank
+
+        items = [v for v in labels for _ in range(n)]
+        built = SyntheticBank.build(
+            generator, len(items), items, bank, seed, dtype=bank_dtype, batch_size=batch_size,
+            steps=steps, guidance_scale=guidance, temperature=temperature, overwrite=overwrite,
+            progress=True,
+        )  # fmt: skip
+        typer.echo(f"wrote a bank of {len(built)} ROIs to {built.path}")
+        if out is None:
+            return
     manifest = generate_to_folder(
         generator, labels, out, n=n, seed=seed, steps=steps, guidance_scale=guidance,
         temperature=temperature, batch_size=batch_size, fmt=fmt, overwrite=overwrite,
