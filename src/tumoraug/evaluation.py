@@ -42,6 +42,7 @@ from tumoraug.config import Config, check
 from tumoraug.data import subject_tensors
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.metrics import classification_metrics, roc_curve
+from tumoraug.training.loop import resolve_device
 
 CONDITIONS = ("real", "mixed", "pretrain")
 METRICS = ("auc", "f1", "accuracy", "precision", "recall")
@@ -305,13 +306,6 @@ def synthetic_subset(synthetic: Dataset, count: int, seed: int) -> Subset:
 
 
 # ----------------------------------------------------------------------------- training
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _autocast(device: torch.device) -> Any:
