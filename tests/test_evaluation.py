@@ -130,6 +130,17 @@ def test_protocol_learns_an_easy_task_and_is_deterministic(tmp_path):
         assert any(r != g or g != b for r, g, b in np.asarray(png).reshape(-1, 3)[::7])
 
 
+def test_runs_depend_on_their_seed_only():
+    real = _toy_items(8, seed=4)
+    config = ProtocolConfig(conditions=("real",), folds=2, run_folds=1, seeds=(3,), epochs=2)
+    noisy = ClassifierConfig.preset("tiny", dropout=0.5)
+    first = run_protocol(real, config=config, classifier=noisy).runs[0]["probs"]
+    torch.rand(100)  # moves the global RNG: the next run must not notice
+    assert run_protocol(real, config=config, classifier=noisy).runs[0]["probs"] == first
+    other = config.replace(seeds=(4,))
+    assert run_protocol(real, config=other, classifier=noisy).runs[0]["probs"] != first
+
+
 def test_protocol_summary_statistics_over_seeds():
     real = _toy_items(12, seed=2, signal=0.1)
     config = ProtocolConfig(

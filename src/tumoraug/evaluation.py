@@ -363,12 +363,6 @@ def predict(
     return torch.cat(labels).numpy(), torch.cat(probs).numpy()
 
 
-def _new_model(config: ClassifierConfig, seed: int) -> ResNet3D:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ResNet3D(config)
-
-
 def run_condition(
     condition: str,
     train: Dataset,
@@ -379,26 +373,33 @@ def run_condition(
     classifier: ClassifierConfig,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train one classifier under ``condition`` and return its test ``(labels, probs)``."""
-    model = _new_model(classifier, seed)
+    """Train one classifier under ``condition`` and return its test ``(labels, probs)``.
+
+    Initialisation and dropout draw from the global RNG seeded with ``seed`` inside a
+    forked RNG state, so a run depends on its seed only, not on what ran before it.
+    """
     common = {
         "batch_size": config.batch_size,
         "lr": config.lr,
         "weight_decay": config.weight_decay,
         "device": config.device,
     }
-    if condition != "real":
-        if synthetic is None:
-            raise DataError(f"condition {condition!r} needs a synthetic dataset, none was given")
-        extra = synthetic_subset(synthetic, max(1, round(config.ratio * len(train))), seed)
-    if condition == "real":
-        train_classifier(model, train, epochs=config.epochs, seed=seed, **common)
-    elif condition == "mixed":
-        mixed = ConcatDataset([train, extra])
-        train_classifier(model, mixed, epochs=config.epochs, seed=seed, **common)
-    else:
-        train_classifier(model, extra, epochs=config.pretrain_epochs, seed=seed, **common)
-        train_classifier(model, train, epochs=config.epochs, seed=seed + 1, **common)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNet3D(classifier)
+        if condition == "real":
+            train_classifier(model, train, epochs=config.epochs, seed=seed, **common)
+        else:
+            if synthetic is None:
+                raise DataError(f"condition {condition!r} needs a synthetic dataset, none given")
+            extra = synthetic_subset(synthetic, max(1, round(config.ratio * len(train))), seed)
+            if condition == "mixed":
+                mixed = ConcatDataset([train, extra])
+                train_classifier(model, mixed, epochs=config.epochs, seed=seed, **common)
+            else:
+                pre_epochs = config.pretrain_epochs
+                train_classifier(model, extra, epochs=pre_epochs, seed=seed, **common)
+                train_classifier(model, train, epochs=config.epochs, seed=seed + 1, **common)
     return predict(model, test, batch_size=config.batch_size, device=config.device)
 
 
