@@ -75,7 +75,7 @@ class ToyTask(TrainingTask):
     def after_step(self, ctx):
         if ctx.step + 1 == self.crash_at:
             raise KeyboardInterrupt("simulated crash")
-        return {}
+        return {"rare": 5.0} if ctx.step == 1 else {}  # averaged over the steps reporting it
 
 
 def toy_data(n=24):
@@ -122,6 +122,7 @@ def test_outputs_checkpoints_and_export(tmp_path):
     assert [r["step"] for r in records] == [3, 6]
     assert records[0]["lr"] == pytest.approx(0.1 * 3 / 4) and records[1]["lr"] == 0.1
     assert {"loss/net", "loss/head", "noise"} <= set(records[0])
+    assert records[0]["rare"] == 5.0 and "rare" not in records[1]
     loaded = Net.from_pretrained(tmp_path / "net")
     x = torch.randn(2, 3)
     assert torch.equal(loaded(x), task.net.eval()(x))

@@ -263,6 +263,43 @@ def evaluate_samples(
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+@app.command("train-tokenizer")
+@friendly_errors
+def train_tokenizer(
+    cache_dir: str = typer.Argument(..., help="ROI cache folder (tumoraug preprocess)."),
+    out_dir: str = typer.Argument(..., help="Output folder (checkpoints, metrics, tokenizer/)."),
+    preset: str = typer.Option("brats128", "--preset", help="Config preset: brats128 or tiny."),
+    config: str | None = typer.Option(None, "--config", help="TokenizerConfig JSON file."),
+    roi_size: int | None = typer.Option(None, "--roi-size", help="Override the preset ROI size."),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(2, "--batch-size", help="ROIs per step and process."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Checkpoint interval."),
+    image_every: int = typer.Option(100, "--image-every", help="Montage interval (0 = off)."),
+    grad_checkpointing: bool = typer.Option(
+        False, "--grad-checkpointing", help="Recompute activations (less memory at 128³)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue the last checkpoint."),
+) -> None:
+    """Train the stage-1 VQGAN tokenizer on a ROI cache; the model lands in OUT_DIR/tokenizer."""
+    from tumoraug.config import TokenizerConfig
+    from tumoraug.training.tokenizer import train_tokenizer as run
+
+    settings = TokenizerConfig.from_json(config) if config else TokenizerConfig.preset(preset)
+    if roi_size is not None:
+        settings = settings.replace(roi_size=roi_size)
+    result = run(
+        settings, cache_dir, out_dir, max_steps=steps, batch_size=batch_size,
+        grad_accum_steps=grad_accum, lr=lr, checkpoint_every=checkpoint_every,
+        image_every=image_every, gradient_checkpointing=grad_checkpointing, device=device,
+        seed=seed, resume=resume,
+    )  # fmt: skip
+    typer.echo(f"trained {result.step} steps; tokenizer in {out_dir}/tokenizer")
+
+
 @app.command("train-generator")
 @friendly_errors
 def train_generator(

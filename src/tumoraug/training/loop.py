@@ -487,8 +487,9 @@ def _fit(
         _truncate_metrics(metrics_path, start)
     amp = opt["mixed_precision"] and device.type == "cuda"
     bar = _Progress(opt["progress"] and is_main, start, opt["max_steps"])
-    sums: dict[str, torch.Tensor] = {}
-    count, last_metrics, checkpoint, t0 = 0, {}, None, time.perf_counter()
+    sums: dict[str, torch.Tensor] = {}  # per metric: sum over the steps that reported it
+    counts: dict[str, int] = {}
+    last_metrics, checkpoint, t0 = {}, None, time.perf_counter()
     step = start
     try:
         while step < opt["max_steps"]:
@@ -498,6 +499,7 @@ def _fit(
                 for group in o.param_groups:
                     group["lr"] = group["initial_lr"] * factor
             stepped: set[str] = set()
+            current: dict[str, torch.Tensor] = {}  # this step's metrics
             for micro in range(accum):
                 batch = _to_device(next(batches), device)
                 ctx = StepContext(step, micro, device, rank, world, seed, modules, raw)
@@ -525,26 +527,28 @@ def _fit(
                     **out.metrics,
                 }.items():
                     value = torch.as_tensor(value).detach().float().cpu()
-                    sums[key] = sums.get(key, torch.zeros(())) + value / accum
+                    current[key] = current.get(key, torch.zeros(())) + value / accum
             for name in stepped:
                 if opt["max_grad_norm"]:
                     torch.nn.utils.clip_grad_norm_(params_of[name], opt["max_grad_norm"])
                 optimizers[name].step()
             ctx = StepContext(step, accum - 1, device, rank, world, seed, modules, raw)
             for key, value in (task.after_step(ctx) or {}).items():
-                sums[key] = sums.get(key, torch.zeros(())) + float(value)
-            count += 1
+                current[key] = torch.tensor(float(value))
+            for key, value in current.items():
+                sums[key] = sums.get(key, torch.zeros(())) + value
+                counts[key] = counts.get(key, 0) + 1
             step += 1
 
             if step % opt["log_every"] == 0 or step == opt["max_steps"]:
                 names = sorted(sums)
-                values = torch.stack([sums[k] for k in names]) / count if names else None
+                values = torch.stack([sums[k] / counts[k] for k in names]) if names else None
                 if world > 1 and values is not None:
                     values = values.to(device)
                     dist.all_reduce(values)
                     values = values.cpu() / world
                 last_metrics = dict(zip(names, values.tolist(), strict=True)) if names else {}
-                sums, count = {}, 0
+                sums, counts = {}, {}
                 if is_main:
                     record = {
                         "step": step,

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tumoraug.config import TokenizerConfig
+from tumoraug.data import subject_tensors
 from tumoraug.errors import ConfigError
 from tumoraug.models.discriminator import (
     PatchDiscriminator3D,
@@ -45,21 +46,9 @@ from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingT
 from tumoraug.viz import save_montage
 
 
-def _item_tensors(item: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Interim reader of one item (tio.Subject or (image, label)); replaced by subject_tensors."""
-    if isinstance(item, dict):
-        image = item["image"].data.float()
-        seg = item["seg"].data.long() if "seg" in item else torch.zeros_like(image[:1]).long()
-        label = int(item["label"])
-    else:
-        image, label = torch.as_tensor(item[0]).float(), int(item[1])
-        seg = torch.zeros_like(image[:1]).long()
-    return image[None], seg[None], torch.tensor([label])
-
-
 def collate_rois(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack ROI dataset items into ``(image (B,C,S,S,S), seg (B,1,S,S,S), label (B,))``."""
-    parts = [_item_tensors(item) for item in items]
+    parts = [subject_tensors(item) for item in items]
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 

@@ -1,0 +1,111 @@
+"""Short training of the tiny tokenizer on phantom ROIs, then held-out quality numbers.
+
+Writes phantoms, caches 32³ ROIs, holds out a fixed set of ROIs, trains with
+`train_tokenizer` and reports on the held-out ROIs: reconstruction PSNR, the share of the
+codebook their tokens use, and the mean importance of tokens inside vs outside the tumor.
+
+    OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --steps 1500
+
+Results go to ``<work>/quality.json`` and are printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Subset
+
+from tumoraug.config import TokenizerConfig
+from tumoraug.data import ROIDataset, preprocess, subject_tensors, write_phantom_dataset
+from tumoraug.models.vqgan import VQGAN3D
+from tumoraug.training.tokenizer import train_tokenizer
+
+
+def held_out_quality(model: VQGAN3D, data: Subset) -> dict[str, float]:
+    """PSNR, codebook share and importance inside/outside the tumor over ``data``."""
+    model.eval()
+    factor = model.config.downsample_factor
+    psnrs, inside, outside, ratios, used = [], [], [], [], set()
+    with torch.no_grad():
+        for i in range(len(data)):
+            image, seg, _ = subject_tensors(data[i])
+            tokens, importance = model.encode(image)
+            rec = model.decode(tokens)
+            mse = F.mse_loss(rec, image).item()
+            psnrs.append(10 * math.log10(4.0 / max(mse, 1e-12)))  # data range [-1, 1]
+            used.update(tokens.flatten().tolist())
+            fraction = F.avg_pool3d((seg > 0).float(), factor).squeeze(1)
+            s_in, s_out = importance[fraction > 0], importance[fraction == 0]
+            if s_in.numel() and s_out.numel():
+                inside.append(s_in.mean().item())
+                outside.append(s_out.mean().item())
+                ratios.append(inside[-1] / outside[-1])
+    return {
+        "held_out_rois": len(data),
+        "psnr_db": sum(psnrs) / len(psnrs),
+        "codebook_fraction_used": len(used) / model.config.codebook_size,
+        "importance_inside_tumor": sum(inside) / len(inside),
+        "importance_outside_tumor": sum(outside) / len(outside),
+        "importance_ratio_mean": sum(ratios) / len(ratios),
+        "rois_with_ratio_above_1": sum(r > 1 for r in ratios) / len(ratios),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="Working folder.")
+    parser.add_argument("--per-class", type=int, default=60, help="Phantoms per grade.")
+    parser.add_argument("--held-out", type=int, default=20, help="ROIs kept for evaluation.")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--tumor-weight", type=float, default=None, help="Override aux weight.")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    phantoms, cache = args.work / "phantoms", args.work / "cache32"
+    if not (phantoms / "HGG").is_dir():
+        write_phantom_dataset(phantoms, args.per_class, seed=args.seed, shape=(64, 64, 64))
+    preprocess(phantoms, cache, size=32)
+    dataset = ROIDataset(cache)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
+    test = Subset(dataset, order[: args.held_out].tolist())
+    train = Subset(dataset, order[args.held_out :].tolist())
+
+    overrides = {"roi_size": 32}
+    if args.tumor_weight is not None:
+        overrides["importance_tumor_weight"] = args.tumor_weight
+    config = TokenizerConfig.preset("tiny", **overrides)
+    run_dir = args.work / f"run_tw{config.importance_tumor_weight:g}_s{args.steps}"
+    start = time.perf_counter()
+    train_tokenizer(
+        config, train, run_dir, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        device="cpu", seed=args.seed, checkpoint_every=250, image_every=250, log_every=25,
+    )  # fmt: skip
+    minutes = (time.perf_counter() - start) / 60
+    results = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "train_rois": len(train),
+        "train_minutes": round(minutes, 2),
+        "importance_tumor_weight": config.importance_tumor_weight,
+        **held_out_quality(VQGAN3D.from_pretrained(run_dir / "tokenizer"), test),
+    }
+    (run_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(
+            f"{key:<{width}}  {value:.4g}"
+            if isinstance(value, float)
+            else f"{key:<{width}}  {value}"
+        )
+
+
+if __name__ == "__main__":
+    main()
