@@ -160,3 +160,22 @@ def test_ddp_two_cpu_processes_match_single_process_gradients(tmp_path):
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2]
     assert VQGAN3D.from_pretrained(tmp_path / "ddp" / "tokenizer").config == tiny(restart_every=0)
+
+
+def test_cli_train_tokenizer_on_a_phantom_cache(tmp_path):
+    from typer.testing import CliRunner
+
+    from tumoraug.cli import app
+    from tumoraug.data import preprocess, write_phantom_dataset
+
+    write_phantom_dataset(tmp_path / "ph", 2, seed=0, shape=(32, 32, 32))
+    preprocess(tmp_path / "ph", tmp_path / "cache", size=16)
+    args = ["train-tokenizer", str(tmp_path / "cache"), str(tmp_path / "out"), "--preset", "tiny"]
+    options = ["--steps", "2", "--batch-size", "2", "--device", "cpu", "--image-every", "1"]
+    result = CliRunner().invoke(app, [*args, *options])
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps" in result.stdout
+    assert VQGAN3D.from_pretrained(tmp_path / "out" / "tokenizer").config.roi_size == 16
+    assert (tmp_path / "out" / "samples" / "step_00000002.png").is_file()
+    missing = CliRunner().invoke(app, ["train-tokenizer", str(tmp_path / "nope"), str(tmp_path)])
+    assert missing.exit_code == 1 and "nope" in missing.output
