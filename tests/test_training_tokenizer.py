@@ -84,9 +84,11 @@ def test_train_tokenizer_writes_model_metrics_and_montages(tmp_path):
     assert tokens.shape == importance.shape == (1, 4, 4, 4)
 
 
-def test_perceptual_weight_needs_a_network(tmp_path):
+def test_perceptual_weight_needs_a_network_and_roi_size_must_match(tmp_path):
     with pytest.raises(ConfigError, match="perceptual_net"):
         train_tokenizer(tiny(perceptual_weight=1.0), make_items(), tmp_path, max_steps=1)
+    with pytest.raises(ConfigError, match=r"\(1, 32, 32, 32\).*\(1, 16, 16, 16\)"):
+        train_tokenizer(tiny(roi_size=32), make_items(), tmp_path, max_steps=1)
 
 
 def checkpoint_weights(directory):

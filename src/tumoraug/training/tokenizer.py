@@ -216,6 +216,13 @@ def train_tokenizer(
         from tumoraug.data import ROIDataset
 
         data = ROIDataset(data)
+    image, _, _ = subject_tensors(data[0])
+    expected = (config.in_channels, *[config.roi_size] * 3)
+    if tuple(image.shape[1:]) != expected:
+        raise ConfigError(
+            f"TokenizerConfig: expects ROIs of shape {expected} (in_channels, roi_size³), the "
+            f"data has {tuple(image.shape[1:])}; set roi_size / in_channels (CLI: --roi-size)"
+        )
     torch.manual_seed(seed)
     task = TokenizerTask(VQGAN3D(config), lr=lr, perceptual_net=perceptual_net)
     return fit(
