@@ -106,14 +106,24 @@ def smooth_field(rng: np.random.Generator, shape: Sequence[int], spacing: float)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Soft step used for partial-volume edges (in place friendly, float32)."""
-    return (0.5 + 0.5 * np.tanh(0.5 * x)).astype(np.float32, copy=False)
+    """Logistic soft step (float32): the partial-volume edge between two tissues.
+
+    Works in place on ``x`` (always a temporary here) to spare the allocations.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    x *= 0.5
+    np.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
 
 
 def _grid(shape: Sequence[int], centre: Sequence[float], radii: Sequence[float]) -> list:
     """Open (broadcastable) normalised coordinates ``(x - c) / r`` along each axis."""
     return [
-        ((np.arange(n, dtype=np.float32) - c) / r).reshape([-1 if i == a else 1 for i in range(3)])
+        ((np.arange(n, dtype=np.float32) - np.float32(c)) / np.float32(r)).reshape(
+            [-1 if i == a else 1 for i in range(3)]
+        )
         for a, (n, c, r) in enumerate(zip(shape, centre, radii, strict=True))
     ]
 
@@ -168,7 +178,7 @@ def make_phantom(
     white = inside(0.87 * (0.85 + 0.05 * fold))
     sulci = _sigmoid((fold - 0.9) / 0.15) * (brain - white).clip(0, 1)
     ventricles = _ventricles(shape, centre, radii, edge)
-    fissure = _fissure(shape, centre, radii, gy, gz, scale)
+    fissure = _fissure(shape, centre, gy, gz, scale)
     csf_brain = np.clip(ventricles + sulci + fissure * (1.0 - white), 0.0, 1.0)
     fractions = {
         "scalp": head - skull_in,
@@ -184,15 +194,30 @@ def make_phantom(
     texture = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 1.0)
     texture *= 1.0 / max(float(texture.std()), 1e-6)
 
+    # All four modalities at once: (4, 5) tissue intensities times (5, N) tissue fractions.
+    names = list(fractions)
+    values = np.array([_TISSUE[n] for n in names], dtype=np.float32).T
+    tissues = np.tensordot(values, np.stack([fractions.pop(n) for n in names]), axes=1)
+    texture_gain = texture * np.float32(0.035)
+    texture_gain += 1.0
+    tissues *= texture_gain
+    del texture_gain
+    outside = head <= 0.5
+    noise = np.empty(shape, dtype=np.float32)
     images = {}
     for m, modality in enumerate(MODALITIES):
-        tissue = sum(frac * _TISSUE[name][m] for name, frac in fractions.items())
-        tissue *= 1.0 + 0.035 * texture
-        vol = _add_tumor(tissue, tumor, params, m, texture)
-        vol *= 1.0 + 0.05 * smooth_field(rng, shape, 60 * scale + 4)  # bias field
-        vol += 0.012 * rng.standard_normal(shape, dtype=np.float32)
-        vol = np.where(head > 0.5, np.clip(vol * _SCALE, 1.0, 32000.0), 0.0)
-        images[modality] = np.rint(vol).astype(np.int16)
+        vol = _add_tumor(tissues[m], tumor, params, m, texture)
+        bias = smooth_field(rng, shape, 60 * scale + 4)
+        bias *= 0.05
+        bias += 1.0
+        vol *= bias  # a smooth intensity non-uniformity
+        rng.standard_normal(dtype=np.float32, out=noise)
+        noise *= 0.012
+        vol += noise
+        vol *= _SCALE
+        np.clip(vol, 1.0, 32000.0, out=vol)
+        vol[outside] = 0.0
+        images[modality] = np.rint(vol, out=vol).astype(np.int16)
     params["grade"] = GRADES[label]
     return Phantom(images=images, seg=tumor["seg"], params=params)
 
@@ -203,14 +228,18 @@ def _ventricles(shape, centre, radii, edge) -> np.ndarray:
     for side in (-1.0, 1.0):
         c = np.asarray(centre) + np.array([side * 0.11, 0.02, 0.10]) * radii
         r = np.array([0.07, 0.36, 0.12]) * radii
-        vx, vy, vz = _grid(shape, c, r)
+        # only a box around the ventricle: beyond it the soft mask is 0 to float precision
+        lo = np.maximum(np.floor(c - r * np.array([2.0, 2.0, 3.5])), 0).astype(int)
+        hi = np.minimum(np.ceil(c + r * 2.0) + 1, shape).astype(int)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        vx, vy, vz = _grid(hi - lo, c - lo, r)
         # bend the ventricle downwards at its ends, like the real horns
         d = np.sqrt(vx * vx + vy * vy + (vz + 0.9 * vy * vy) ** 2)
-        out = np.maximum(out, _sigmoid((1.0 - d) / (edge * 6.0)))
+        np.maximum(out[box], _sigmoid((1.0 - d) / (edge * 6.0)), out=out[box])
     return out
 
 
-def _fissure(shape, centre, radii, gy, gz, scale) -> np.ndarray:
+def _fissure(shape, centre, gy, gz, scale) -> np.ndarray:
     """Interhemispheric fissure: a thin CSF sheet on the midline above the corpus callosum."""
     half_width = max(0.8, 1.2 * scale)
     x = np.arange(shape[0], dtype=np.float32).reshape(-1, 1, 1) - centre[0]
