@@ -329,25 +329,27 @@ class SyntheticTumorDataset(Dataset):
         return self._cache[block][index - block * self.block_size]
 
     def _item(self, index: int, volume: torch.Tensor) -> tio.Subject:
-        subject = make_subject(volume.clone(), self.labels[index], self.seeds[index], index)
+        subject = make_subject(volume, self.labels[index], self.seeds[index], index)
         return self.transform(subject) if self.transform is not None else subject
 
     def __getitem__(self, index: int) -> tio.Subject:
         index = self._check_index(index)
-        return self._item(index, self._volume(index))
+        volume = self._volume(index)
+        # a block stays cached: hand out a copy, so that changes to an item do not leak
+        return self._item(index, volume if self.bank is not None else volume.clone())
 
     def __getitems__(self, indices: Sequence[int]) -> list[tio.Subject]:
-        """A DataLoader batch: the items not cached are generated in one call."""
+        """A DataLoader batch: the items not cached are generated (or read) in one call."""
         indices = [self._check_index(i) for i in indices]
-        cached = {
-            i: self._cache[i // self.block_size][i % self.block_size]
+        volumes = {
+            i: self._cache[i // self.block_size][i % self.block_size].clone()
             for i in indices
             if self.bank is None and i // self.block_size in self._cache
         }
-        missing = [i for i in indices if i not in cached]
+        missing = [i for i in indices if i not in volumes]
         if missing:
-            cached.update(zip(missing, self.volumes(missing), strict=True))
-        return [self._item(i, cached[i]) for i in indices]
+            volumes.update(zip(missing, self.volumes(missing), strict=True))
+        return [self._item(i, volumes[i]) for i in indices]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
