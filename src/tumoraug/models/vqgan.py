@@ -184,8 +184,9 @@ class VectorQuantizer(nn.Module):
     Latents and codes are both projected to the unit sphere and matched by cosine
     similarity. The loss is ``||sg(z) - e||² + beta * ||z - sg(e)||²`` (codebook and
     commitment terms, VQ-VAE). During training the number of times each code was picked
-    is accumulated in the ``usage`` buffer; `restart_dead_codes` replaces codes never
-    picked since the last restart by encoder outputs, so that the codebook stays in use.
+    is accumulated in the ``usage`` buffer (saved with the weights, so resume is exact);
+    `restart_dead_codes` replaces codes never picked since the last restart by encoder
+    outputs, so that the codebook stays in use.
     """
 
     def __init__(self, codebook_size: int, dim: int, beta: float) -> None:
