@@ -33,6 +33,15 @@ Subclass `TrainingTask` (or write any object with the same methods)::
   that received a loss in this step are stepped), ``metrics`` are extra scalars to log.
   A plain tensor means ``StepOutput({<the only optimizer>: loss})``. The call runs under
   bf16 autocast on CUDA; the batch is already on the device.
+* Randomness inside a task should come from ``ctx.generator(salt)`` (seeded by seed, step
+  and salt) or the global torch RNG (checkpointed per rank); both keep resume exact.
+* Under DDP call each wrapped module at most once per micro-step and let its output reach
+  that step's loss (e.g. run a discriminator on ``cat([real, fake])``); for a forward that
+  must not synchronise or train a module (a generator's adversarial term through the
+  discriminator), call the plain module from ``ctx.raw``.
+* Metrics (losses as ``loss/<name>``, ``StepOutput.metrics``, ``after_step`` results) are
+  averaged over accumulation micro-batches, then over the steps of the logging window that
+  reported them, then over ranks.
 * Batches: ``batch_size`` items per rank and micro-step (``collate_fn`` builds them, default
   `torch.utils.data.default_collate`); with ``grad_accum_steps=a`` one optimizer step sees
   ``a`` micro-batches, so the effective batch is ``batch_size * a * world_size``. The data
