@@ -99,6 +99,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(ToyTask(crash_at=5), tmp_path / "cut", 7, log_every=1)
     assert latest_checkpoint(tmp_path / "cut").name == "step_00000004"
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 5, "loss')  # a line cut short by the crash
     resumed = ToyTask()
     result = run(resumed, tmp_path / "cut", 7, log_every=1)
     assert result.resumed_from == 4 and result.step == 7

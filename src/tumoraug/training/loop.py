@@ -93,6 +93,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tumoraug.checkpoint import (
     PretrainedMixin,
     atomic_save_tensors,
+    atomic_write_text,
     load_state,
     load_state_dict_strict,
     load_weights,
@@ -322,12 +323,15 @@ def _load_checkpoint(
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past the resumed step, and a line cut short by a crash."""
     if not path.is_file():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _gather_rng(world: int) -> list[dict[str, Any]]:
