@@ -183,7 +183,8 @@ class FitResult:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda:<LOCAL_RANK>`` when CUDA is available, else CPU."""
+    """``"auto"`` -> ``cuda:<LOCAL_RANK>`` when CUDA is available, else CPU; ``"cuda"`` ->
+    ``cuda:<LOCAL_RANK>`` (one GPU per torchrun process)."""
     if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -191,6 +192,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {device} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
 
