@@ -2,9 +2,12 @@
 
 __version__ = "0.1.0.dev0"
 
+from tumoraug.bank import SyntheticBank
+from tumoraug.dataset import SyntheticThenReal, SyntheticTumorDataset, mix
 from tumoraug.errors import CheckpointError, ConfigError, DataError, LabelError, TumorAugError
 from tumoraug.generator import TumorGenerator
 from tumoraug.labels import GRADES, to_grade, to_label
+from tumoraug.transforms import RandomSyntheticReplace
 
 __all__ = [
     "GRADES",
@@ -12,9 +15,14 @@ __all__ = [
     "ConfigError",
     "DataError",
     "LabelError",
+    "RandomSyntheticReplace",
+    "SyntheticBank",
+    "SyntheticThenReal",
+    "SyntheticTumorDataset",
     "TumorAugError",
     "TumorGenerator",
     "__version__",
+    "mix",
     "to_grade",
     "to_label",
 ]
