@@ -71,13 +71,17 @@ def main() -> None:
 
         rows.append(("read cache: ROIDataset[i]", n * args.passes, timed(read_cache)))
 
-        def read_loader() -> None:
-            loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+        def read_loader(workers: int) -> float:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers)
+            start = time.perf_counter()
             for _ in range(args.passes):
                 for _batch in loader:
                     pass
+            return time.perf_counter() - start
 
-        rows.append(("read cache: DataLoader, 2 workers", n * args.passes, timed(read_loader)))
+        for workers in (0, 2):
+            name = f"read cache: DataLoader, {workers} workers"
+            rows.append((name, n * args.passes, read_loader(workers)))
 
         def read_nifti() -> None:
             for record in records:
@@ -89,7 +93,7 @@ def main() -> None:
         shape = tuple(dataset[0]["image"].shape)
         print(f"\n{n} subjects from {brats}, ROI {shape}, torch threads {torch.get_num_threads()}")
         print(f"| {'operation':<36} | {'items':>5} | {'seconds':>7} | {'items/s':>8} |")
-        print(f"|{'-' * 38}|{'-' * 7}:|{'-' * 9}:|{'-' * 10}:|")
+        print(f"|{'-' * 38}|{'-' * 6}:|{'-' * 8}:|{'-' * 9}:|")
         for name, items, seconds in rows:
             print(f"| {name:<36} | {items:>5} | {seconds:>7.2f} | {items / seconds:>8.1f} |")
     finally:
