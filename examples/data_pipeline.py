@@ -21,18 +21,21 @@ from tumoraug.data import ROIDataset, preprocess, subject_tensors, write_phantom
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--brats", type=Path, default=None, help="a BraTS folder (optional)")
-    parser.add_argument("--out", type=Path, default=None, help="ROI cache folder")
+    parser.add_argument("--out", type=Path, default=None, help="ROI cache folder (kept)")
     parser.add_argument("--size", type=int, default=32, help="ROI edge in voxels")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="tumoraug-example-"))
-    brats = args.brats
-    if brats is None:
-        brats = write_phantom_dataset(work / "brats", per_class=3, seed=0, shape=(64, 64, 42))
-        print(f"phantoms: {brats}")
-    out = args.out or work / "rois"
+    with tempfile.TemporaryDirectory(prefix="tumoraug-example-") as tmp:
+        brats = args.brats
+        if brats is None:
+            brats = write_phantom_dataset(Path(tmp) / "brats", 3, seed=0, shape=(64, 64, 42))
+            print(f"phantoms: {brats}")
+        run(brats, args.out or Path(tmp) / "rois", args.size)
 
-    report = preprocess(brats, out, size=args.size, modalities=("flair",), workers=2)
+
+def run(brats: Path, out: Path, size: int) -> None:
+    """Preprocess ``brats`` into ``out`` and iterate once over a DataLoader of the ROIs."""
+    report = preprocess(brats, out, size=size, modalities=("flair",), workers=2)
     print(report.summary())
     for subject, message in report.failed:
         print(f"  bad subject {subject}: {message}")

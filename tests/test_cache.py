@@ -86,6 +86,8 @@ def test_second_run_skips_unchanged_subjects(brats, tmp_path):
     # other settings: everything is redone
     fourth = preprocess(brats, out, size=8)
     assert len(fourth.processed) == 6
+    assert fourth.warnings and "is larger than the 8³ ROI" in fourth.warnings[0][1]
+    assert any(e["warnings"] for e in read_manifest(out)["subjects"])
     assert read_manifest(out)["size"] == 8 and ROIDataset(out)[0]["image"].shape == (1, 8, 8, 8)
 
 
