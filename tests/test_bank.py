@@ -23,12 +23,12 @@ def generator(tiny_model_dir):
 @pytest.fixture(scope="module")
 def reference(generator):
     """What the generator makes for items 0..5 of seed 11 (float32, as the dataset serves)."""
-    ds = SyntheticTumorDataset(generator, 6, seed=11, steps=4)
+    ds = SyntheticTumorDataset(generator, 6, seed=11, steps=2)
     return ds.labels, ds.volumes(range(6))
 
 
 def build(generator, path, n=6, **kwargs):
-    kwargs = {"seed": 11, "steps": 4, "batch_size": 4, **kwargs}
+    kwargs = {"seed": 11, "steps": 2, "batch_size": 4, **kwargs}
     return SyntheticBank.build(generator, n, None, path, **kwargs)
 
 
@@ -48,7 +48,7 @@ def test_int16_round_trip_is_bit_exact(generator, reference, tmp_path):
     build(generator, tmp_path / "again.npy")
     assert (tmp_path / "again.npy").read_bytes() == (tmp_path / "bank.npy").read_bytes()
     manifest = json.loads(manifest_path(tmp_path / "bank.npy").read_text())
-    assert manifest["scale"] == INT16_SCALE and manifest["settings"]["steps"] == 4
+    assert manifest["scale"] == INT16_SCALE and manifest["settings"]["steps"] == 2
     assert manifest["model"] == str(generator.source)
 
 

@@ -58,20 +58,24 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def test_item_is_a_pure_function_of_seed_and_index(generator):
-    ds = SyntheticTumorDataset(generator, 6, seed=7, block_size=4)
+    ds = SyntheticTumorDataset(generator, 6, seed=7, block_size=4, steps=2)
     one = ds[5]
     assert one.image.data.shape == (1, S, S, S)
     assert one.label in (0, 1) and one.grade == ("LGG", "HGG")[one.label]
     assert one.synthetic is True and one.seed == item_seeds(7, [5])[0]
     # item by item, in a batch, with another block size, in a fresh dataset: same ROI
-    batch = SyntheticTumorDataset(generator, 6, seed=7, block_size=1).__getitems__([5, 0, 3])
+    batch = SyntheticTumorDataset(generator, 6, seed=7, block_size=1, steps=2).__getitems__(
+        [5, 0, 3]
+    )
     assert torch.equal(batch[0].image.data, one.image.data)
-    assert torch.equal(SyntheticTumorDataset(generator, 6, seed=7)[5].image.data, one.image.data)
+    assert torch.equal(
+        SyntheticTumorDataset(generator, 6, seed=7, steps=2)[5].image.data, one.image.data
+    )
     # the dataset agrees with generator.generate(labels, seed=7), whose seeds are per index
     # (up to float rounding: generate decodes in batches, the dataset one item at a time)
-    direct = generator.generate(ds.labels, seed=7)
+    direct = generator.generate(ds.labels, seed=7, steps=2)
     torch.testing.assert_close(direct[5], one.image.data, atol=1e-4, rtol=0)
-    other = SyntheticTumorDataset(generator, 6, seed=8)[5].image.data
+    other = SyntheticTumorDataset(generator, 6, seed=8, steps=2)[5].image.data
     assert (other - direct[5]).abs().max() > 1e-2
     assert one.image.data.min() >= -1 and one.image.data.max() <= 1
 
@@ -94,29 +98,32 @@ def test_labels_ratio_explicit_and_single():
 
 def test_spawned_workers_load_the_generator_lazily_and_agree(generator, tiny_model_dir):
     lazy = TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
-    ds = SyntheticTumorDataset(lazy, 8, seed=3, block_size=2)
+    ds = SyntheticTumorDataset(lazy, 8, seed=3, block_size=2, steps=2)
     loader = tio.SubjectsLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="spawn")
     batches = list(loader)
     assert not lazy.is_loaded  # only the workers loaded weights
     images = torch.cat([b["image"]["data"] for b in batches])
-    assert torch.equal(images, SyntheticTumorDataset(generator, 8, seed=3).volumes(range(8)))
+    assert torch.equal(
+        images, SyntheticTumorDataset(generator, 8, seed=3, steps=2).volumes(range(8))
+    )
     assert torch.cat([b["label"] for b in batches]).tolist() == ds.labels
 
 
 def test_forked_workers_load_a_path_and_item_access_uses_blocks(tiny_model_dir, generator):
-    ds = SyntheticTumorDataset(str(tiny_model_dir), 5, seed=2, block_size=4, device="cpu")
+    ds = SyntheticTumorDataset(str(tiny_model_dir), 5, seed=2, block_size=4, device="cpu", steps=2)
     loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
     images = torch.stack([item.image.data for item in loader])
-    assert torch.equal(images, SyntheticTumorDataset(generator, 5, seed=2).volumes(range(5)))
+    assert torch.equal(
+        images, SyntheticTumorDataset(generator, 5, seed=2, steps=2).volumes(range(5))
+    )
     ds[1]
     assert list(ds._cache) == [0] and ds._cache[0].shape[0] == 4
 
 
 def test_transform_and_torchio_queue(generator):
-    ds = SyntheticTumorDataset(
-        generator, 4, seed=0, transform=tio.Compose([tio.RandomFlip(axes=(0,), flip_probability=1)])
-    )
-    plain = SyntheticTumorDataset(generator, 4, seed=0)
+    flip = tio.Compose([tio.RandomFlip(axes=(0,), flip_probability=1)])
+    ds = SyntheticTumorDataset(generator, 4, seed=0, transform=flip, steps=2)
+    plain = SyntheticTumorDataset(generator, 4, seed=0, steps=2)
     assert torch.equal(ds[2].image.data, plain[2].image.data.flip(1))
     queue = tio.Queue(
         ds, max_length=8, samples_per_volume=2, sampler=tio.UniformSampler(8), num_workers=0
@@ -156,7 +163,7 @@ def _plan(mixed: MixedDataset) -> list[tuple[int, int]]:
 
 
 def test_mix_of_pairs_yields_pairs(generator):
-    synthetic = SyntheticTumorDataset(generator, 10, seed=0)
+    synthetic = SyntheticTumorDataset(generator, 10, seed=0, steps=2)
     mixed = mix(PairDataset(10), synthetic, 0.5, seed=0)
     syn_index = next(i for i in range(len(mixed)) if mixed.is_synthetic(i))
     image, label = mixed[syn_index]
@@ -170,7 +177,7 @@ def test_mix_of_pairs_yields_pairs(generator):
 
 def test_mix_of_subjects_yields_subjects_with_real_keys(generator):
     real = real_subjects(6)
-    mixed = mix(real, SyntheticTumorDataset(generator, 6, seed=0), 0.5, seed=0)
+    mixed = mix(real, SyntheticTumorDataset(generator, 6, seed=0, steps=2), 0.5, seed=0)
     items = [mixed[i] for i in range(len(mixed))]
     assert all(isinstance(item, tio.Subject) for item in items)
     keys = set(items[0].keys())
@@ -190,12 +197,12 @@ def test_mix_errors(generator):
         mix(PairDataset(4), PairDataset(4), 1.5)
     with pytest.raises(DataError):
         mix(PairDataset(0), PairDataset(4), 0.5)
-    small_real = mix(real_subjects(2, size=8), SyntheticTumorDataset(generator, 2), 1.0)
+    small_real = mix(real_subjects(2, size=8), SyntheticTumorDataset(generator, 2, steps=2), 1.0)
     with pytest.raises(DataError, match="shape"):
         small_real[0]
     triples = [(torch.zeros(1, S, S, S), 0, "x")] * 2
     with pytest.raises(DataError, match="pairs"):
-        mix(triples, SyntheticTumorDataset(generator, 2), 1.0)[0]
+        mix(triples, SyntheticTumorDataset(generator, 2, steps=2), 1.0)[0]
 
 
 def test_synthetic_then_real_schedule():

@@ -40,10 +40,10 @@ def subject(label=1, size=S) -> tio.Subject:
 
 
 def test_replaces_with_roi_of_the_subjects_grade(generator):
-    out = RandomSyntheticReplace(generator, p=1.0, steps=4)(subject(label="HGG"))
+    out = RandomSyntheticReplace(generator, p=1.0, steps=2)(subject(label="HGG"))
     (record,) = out.get_applied_transforms()
     assert isinstance(record, SyntheticReplace) and record.label == 1
-    expected = generator.generate_tokens([1], [record.seed], steps=4)
+    expected = generator.generate_tokens([1], [record.seed], steps=2)
     assert torch.equal(out.image.data, generator.decode(expected)[0])
     assert torch.equal(out.t2.data, out.image.data)  # every intensity image, one ROI
     assert torch.equal(out.seg.data, subject().seg.data)  # label maps untouched
@@ -55,7 +55,7 @@ def test_history_replay_reproduces_the_output(generator):
     pipeline = tio.Compose(
         [
             tio.RandomFlip(axes=(0, 1, 2)),
-            RandomSyntheticReplace(generator, p=1.0, steps=4),
+            RandomSyntheticReplace(generator, p=1.0, steps=2),
             tio.RandomNoise(std=0.05),
         ]
     )
@@ -69,7 +69,7 @@ def test_history_replay_reproduces_the_output(generator):
 
 def test_probability_and_composition(generator, bank):
     assert RandomSyntheticReplace(generator, p=0.0)(subject()).history == []
-    one_of = tio.OneOf({RandomSyntheticReplace(generator, p=1.0, steps=4): 1.0})
+    one_of = tio.OneOf({RandomSyntheticReplace(generator, p=1.0, steps=2): 1.0})
     assert [t.name for t in one_of(subject()).history] == ["SyntheticReplace"]
     torch.manual_seed(1)
     coin = RandomSyntheticReplace(bank, p=0.5)

@@ -249,7 +249,7 @@ class SyntheticTumorDataset(Dataset):
         self.bank: SyntheticBank | None = None
         self.labels: list[int] = _resolve_labels(labels, length, class_ratio, seed)
         self.seed = seed
-        self.seeds: list[int] = item_seeds(seed, range(len(self.labels)))
+        self._seeds: list[int] | None = None  # derived on demand: cheap per item
         self.transform = transform
         self.block_size = block_size
         self.cache_blocks = cache_blocks
@@ -271,7 +271,7 @@ class SyntheticTumorDataset(Dataset):
         self.bank = bank
         self.labels = list(bank.labels)
         self.seed = bank.seed if bank.seed is not None else 0
-        self.seeds = list(bank.seeds)
+        self._seeds = list(bank.seeds)
         self.transform = transform
         self.block_size = 1
         self.cache_blocks = 1
@@ -284,6 +284,19 @@ class SyntheticTumorDataset(Dataset):
     def set_transform(self, transform: Callable[[tio.Subject], tio.Subject] | None) -> None:
         """Replace the transform (as `tio.SubjectsDataset.set_transform`)."""
         self.transform = transform
+
+    @property
+    def seeds(self) -> list[int]:
+        """Sample seed of every item."""
+        if self._seeds is None:
+            self._seeds = item_seeds(self.seed, range(len(self)))
+        return self._seeds
+
+    def item_seed(self, index: int) -> int:
+        """Sample seed of item ``index``."""
+        if self._seeds is not None:
+            return self._seeds[index]
+        return item_seeds(self.seed, [index])[0]
 
     def dry_iter(self) -> list[types.SimpleNamespace]:
         """Per-item metadata (label, grade, seed) without generating anything.
@@ -311,7 +324,7 @@ class SyntheticTumorDataset(Dataset):
         assert self.source is not None
         return self.source.generate(
             [self.labels[i] for i in indices],
-            [self.seeds[i] for i in indices],
+            [self.item_seed(i) for i in indices],
             batch_size=max(self.block_size, 1),
         )
 
@@ -329,7 +342,7 @@ class SyntheticTumorDataset(Dataset):
         return self._cache[block][index - block * self.block_size]
 
     def _item(self, index: int, volume: torch.Tensor) -> tio.Subject:
-        subject = make_subject(volume, self.labels[index], self.seeds[index], index)
+        subject = make_subject(volume, self.labels[index], self.item_seed(index), index)
         return self.transform(subject) if self.transform is not None else subject
 
     def __getitem__(self, index: int) -> tio.Subject:
