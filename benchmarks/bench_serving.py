@@ -1,18 +1,19 @@
-"""Items/s of four ways to feed ROIs to a DataLoader with 2 workers.
+"""Items/s of the ways to feed ROIs to a DataLoader with 2 workers.
 
     python benchmarks/bench_serving.py --size 64 --n 32
     python benchmarks/bench_serving.py --size 128 --n 64 --model PATH   # a trained model
 
-Paths: real ROIs read from NIfTI files (``tio.ScalarImage`` per file), real ROIs from the ROI
-cache (`ROIDataset`), synthetic ROIs from a bank (`SyntheticTumorDataset.from_bank`), and
-synthetic ROIs generated on the fly (`SyntheticTumorDataset`, model loaded in each worker).
-Each dataset is read through ``tio.SubjectsLoader(batch_size, num_workers=2,
-persistent_workers=True)``; one warm-up epoch (worker start, model load) is not timed, then
-``--epochs`` epochs are. Inputs are built in a temporary folder: phantom ROIs (the same
-volumes as NIfTI and in the cache) and, without ``--model``, a random-weight generator with
-the tiny preset at ``--size`` (real models cost more per ROI: the on-the-fly row is a lower
-bound). Generation runs on ``--device`` (auto: CUDA when present; with CUDA the workers are
-spawned, since CUDA cannot be used in forked workers).
+Paths, each through ``tio.SubjectsLoader(batch_size, num_workers=2, persistent_workers=True)``:
+real ROIs read from NIfTI files (``tio.ScalarImage`` per file), real ROIs from the ROI cache
+(`ROIDataset`), synthetic ROIs from a bank (`SyntheticTumorDataset.from_bank`), synthetic
+ROIs generated on the fly (`SyntheticTumorDataset`, model loaded in each worker); plus a bank
+read as whole batches (`BankBatches` through ``DataLoader(batch_size=None)``). One warm-up
+epoch (worker start, model load) is not timed, then ``--epochs`` epochs are. Inputs are
+built in a temporary folder: phantom ROIs (the same volumes as NIfTI and in the cache) and,
+without ``--model``, a random-weight generator with the tiny preset at ``--size`` (real
+models cost more per ROI: the on-the-fly row is a lower bound). Generation runs on
+``--device`` (auto: CUDA when present; with CUDA the workers are spawned, since CUDA cannot
+be used in forked workers).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
+from torch.utils.data import DataLoader
 
-from tumoraug.bank import SyntheticBank
+from tumoraug.bank import BankBatches, SyntheticBank
 from tumoraug.data import ROIDataset
 from tumoraug.dataset import SyntheticTumorDataset
 
@@ -86,6 +88,25 @@ def items_per_second(dataset, batch_size: int, workers: int, epochs: int, contex
     return count / (time.perf_counter() - start)
 
 
+def batches_per_second(dataset: BankBatches, workers: int, epochs: int, context: str) -> float:
+    """Items/s of a Dataset of whole batches (``batch_size=None``)."""
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=True,
+        multiprocessing_context=context,
+    )
+    for _ in loader:
+        pass
+    start = time.perf_counter()
+    count = 0
+    for _ in range(epochs):
+        for _, labels in loader:
+            count += len(labels)
+    return count / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="ROI edge length")
@@ -134,6 +155,9 @@ def main() -> None:
             name: items_per_second(ds, args.batch_size, args.workers, epochs, context)
             for name, (ds, epochs) in datasets.items()
         }
+        rates["synthetic ROIs from a bank, whole batches (BankBatches)"] = batches_per_second(
+            BankBatches(bank, args.batch_size), args.workers, args.epochs, context
+        )
 
     print(
         f"ROI {args.size}³, {len(files)} items, batch {args.batch_size}, {args.workers} workers, "

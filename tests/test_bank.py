@@ -153,3 +153,24 @@ def test_cli_generate_writes_a_bank(tiny_model_dir, tmp_path):
     assert again.exit_code == 1 and "already exists" in again.output
     missing = CliRunner().invoke(app, [*args[:7], "--steps", "2"])
     assert missing.exit_code == 1 and "--bank FILE" in missing.output
+
+
+def test_bank_batches_cover_the_bank_once_per_epoch(generator, tmp_path):
+    from tumoraug.bank import BankBatches
+
+    bank = build(generator, tmp_path / "bank.npy", n=5)
+    batches = BankBatches(bank, 2, seed=3)
+    assert len(batches) == 3 and len(BankBatches(bank, 2, drop_last=True)) == 2
+    loader = DataLoader(batches, batch_size=None, num_workers=2)
+    images, labels = zip(*loader, strict=True)
+    assert [len(x) for x in labels] == [2, 2, 1]
+    served, stored = torch.cat(images), bank.read(range(5))
+    order = np.argsort([next(i for i in range(5) if torch.equal(stored[i], v)) for v in served])
+    assert sorted(order.tolist()) == list(range(5))  # every item once
+    assert torch.cat(labels)[order].tolist() == bank.labels
+    first = batches.order.copy()
+    batches.set_epoch(1)
+    assert not np.array_equal(batches.order, first)  # a new order per epoch
+    batches.set_epoch(0)
+    assert np.array_equal(batches.order, first)
+    assert torch.equal(torch.cat([x for x, _ in batches]), served)  # same order, same bits
