@@ -23,15 +23,6 @@ from tumoraug.evaluation import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny 3D convolutions gain nothing from threads and slow down on a busy CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _toy_items(n: int, seed: int, size: int = 16, signal: float = 0.8) -> list:
     """ROI-like (tensor, label) pairs: HGG items carry a bright cube in the centre."""
     generator = torch.Generator().manual_seed(seed)

@@ -18,14 +18,6 @@ from tumoraug.training.loop import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclasses.dataclass
 class NetConfig(Config):
     width: int = 4

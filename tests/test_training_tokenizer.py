@@ -20,14 +20,6 @@ from tumoraug.training.tokenizer import TokenizerTask, collate_rois, train_token
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_items(n=8, size=16):
     """Blobs on noise, with their masks: a stand-in for phantom ROIs."""
     g = torch.Generator().manual_seed(7)

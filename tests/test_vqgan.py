@@ -9,15 +9,6 @@ from tumoraug.errors import CheckpointError, ConfigError, DataError
 from tumoraug.models.vqgan import VQGAN3D, VectorQuantizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny 3D convolutions run fastest on one thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny() -> VQGAN3D:
     torch.manual_seed(0)
