@@ -75,8 +75,8 @@ def items_per_second(dataset, batch_size: int, workers: int, epochs: int, contex
         dataset,
         batch_size=batch_size,
         num_workers=workers,
-        persistent_workers=True,
-        multiprocessing_context=context,
+        persistent_workers=workers > 0,
+        multiprocessing_context=context if workers > 0 else None,
     )
     for _ in loader:  # warm-up: worker start, model load, page cache
         pass
@@ -94,8 +94,8 @@ def batches_per_second(dataset: BankBatches, workers: int, epochs: int, context:
         dataset,
         batch_size=None,
         num_workers=workers,
-        persistent_workers=True,
-        multiprocessing_context=context,
+        persistent_workers=workers > 0,
+        multiprocessing_context=context if workers > 0 else None,
     )
     for _ in loader:
         pass
