@@ -97,12 +97,10 @@ def _resolve_labels(
     return resolved
 
 
-def make_subject(
-    volume: torch.Tensor, label: int, seed: int, index: int, affine: np.ndarray | None = None
-) -> tio.Subject:
+def make_subject(volume: torch.Tensor, label: int, seed: int, index: int) -> tio.Subject:
     """A synthetic item: ``image`` (1 mm affine), ``label``, ``grade``, ``synthetic``, ``seed``."""
     return tio.Subject(
-        image=tio.ScalarImage(tensor=volume, affine=np.eye(4) if affine is None else affine),
+        image=tio.ScalarImage(tensor=volume, affine=np.eye(4)),
         label=int(label),
         grade=to_grade(label),
         synthetic=True,
@@ -154,11 +152,8 @@ class GeneratorSource:
         """Where the model comes from (folder or Hub id), for manifests and reprs."""
         if self.spec is not None:
             return self.spec
-        for name in ("name_or_path", "source", "path"):
-            value = getattr(self._generator, name, None)
-            if value:
-                return str(value)
-        return type(self._generator).__name__
+        source = getattr(self._generator, "source", None)  # TumorGenerator.source
+        return str(source) if source else type(self._generator).__name__
 
     def generate(
         self, labels: Sequence[int], seeds: Sequence[int], batch_size: int
