@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="generated ROIs per grade")
     parser.add_argument("--steps", type=int, default=12, help="decoding rounds")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 3.0])
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     work: Path = args.work
@@ -145,7 +146,7 @@ def main() -> None:
         t = time.perf_counter()
         rois = generator.generate(
             labels.tolist(), seed=args.seed, steps=args.steps, guidance_scale=guidance,
-            batch_size=16,
+            temperature=args.temperature, batch_size=16,
         )  # fmt: skip
         elapsed = time.perf_counter() - t
         results["generated"][str(guidance)] = {

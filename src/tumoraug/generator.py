@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -314,8 +315,8 @@ class TumorGenerator:
         """
         label_list = to_labels(labels, n)
         total = len(label_list)
-        if isinstance(seed, int):
-            seeds = per_sample_seeds(seed, total)
+        if isinstance(seed, numbers.Integral):
+            seeds = per_sample_seeds(int(seed), total)
         else:
             seeds = [int(s) for s in seed]
             if len(seeds) != total:
