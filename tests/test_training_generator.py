@@ -185,5 +185,16 @@ def test_cli_train_generator_then_generate(tmp_path):
         str(tmp_path / "rois"), "--steps", "2", "--device", "cpu",
     ])  # fmt: skip
     assert generated.exit_code == 0, generated.output
+    baseline = runner.invoke(app, [
+        "train-generator", "--corpus", str(tmp_path / "corpus.safetensors"), "--tokenizer",
+        str(tmp_path / "tokenizer"), "--out", str(tmp_path / "baseline"), "--preset", "tiny",
+        "--steps", "2", "--batch-size", "4", "--device", "cpu", "--baseline",
+    ])  # fmt: skip
+    assert baseline.exit_code == 0, baseline.output
+    config = MaskedTransformer.load_config(tmp_path / "baseline" / "generator")
+    assert config.conditioning == "per_class" and config.masking == "random"
+    guided = TumorGenerator.from_pretrained(tmp_path / "baseline", device="cpu")
+    rois = guided.generate(["HGG", "LGG"], seed=0, steps=2, guidance_scale=1.5)
+    assert rois.shape == (2, 1, 16, 16, 16)  # guidance is skipped: no unconditional model
     both = runner.invoke(app, ["train-generator", "--out", str(tmp_path / "x")])
     assert both.exit_code == 1 and "exactly one of --data" in both.output

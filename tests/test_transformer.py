@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from tumoraug.config import GeneratorConfig
-from tumoraug.errors import CheckpointError
-from tumoraug.models.transformer import MaskedTransformer
+from tumoraug.errors import CheckpointError, ConfigError
+from tumoraug.models.transformer import (
+    MaskedTransformer,
+    PerClassTransformer,
+    build_transformer,
+    transformer_class,
+)
 
 
 def tiny(**overrides) -> MaskedTransformer:
@@ -62,3 +67,55 @@ def test_save_and_load_round_trip(tmp_path):
     assert MaskedTransformer.load_config(tmp_path / "gen") == model.config
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         MaskedTransformer.from_pretrained(tmp_path / "nothing-here")
+
+
+def baseline(**overrides) -> PerClassTransformer:
+    config = GeneratorConfig.preset(
+        "tiny", codebook_size=16, token_grid=(2, 3, 4), dim=32, dropout=0.0, **overrides
+    ).baseline()
+    return build_transformer(config).eval()
+
+
+def test_baseline_config_switch_builds_one_unconditional_network_per_grade():
+    model = baseline()
+    assert isinstance(model, PerClassTransformer) and len(model.members) == 2
+    assert model.config.masking == "random" and model.config.class_dropout == 0.0
+    assert isinstance(build_transformer(GeneratorConfig.preset("tiny")), MaskedTransformer)
+    with pytest.raises(ConfigError, match="class_dropout"):
+        GeneratorConfig.preset("tiny", conditioning="per_class")
+    with pytest.raises(ConfigError, match="PerClassTransformer"):
+        MaskedTransformer(model.config)
+    with pytest.raises(ConfigError, match="conditioning"):
+        GeneratorConfig.preset("tiny", conditioning="film")
+
+
+def test_baseline_routes_each_sample_to_its_grade_network():
+    model = baseline()
+    tokens = torch.randint(16, (4, 2, 3, 4))
+    labels = torch.tensor([1, 0, 0, 1])
+    logits = model(tokens, labels)
+    assert logits.shape == (4, 2, 3, 4, 16)
+    for i, grade in enumerate(labels.tolist()):
+        member = model.members[grade]
+        alone = member(tokens[i : i + 1], torch.tensor([member.null_class]))
+        assert torch.allclose(logits[i], alone[0], atol=1e-5)
+    with pytest.raises(ValueError, match="no null class"):
+        model(tokens, torch.full((4,), model.null_class))
+
+
+def test_baseline_gives_every_member_a_gradient_even_when_a_grade_is_absent():
+    model = baseline().train()
+    tokens = torch.randint(16, (2, 2, 3, 4))
+    model(tokens, torch.tensor([1, 1])).sum().backward()
+    assert all(p.grad is not None for p in model.members[0].parameters())
+    assert all(float(p.grad.abs().sum()) == 0 for p in model.members[0].parameters())
+    assert any(float(p.grad.abs().sum()) > 0 for p in model.members[1].parameters())
+
+
+def test_baseline_save_and_load_round_trip(tmp_path):
+    model = baseline()
+    model.save_pretrained(tmp_path / "gen")
+    config = MaskedTransformer.load_config(tmp_path / "gen")
+    loaded = transformer_class(config).from_pretrained(tmp_path / "gen")
+    tokens, labels = torch.randint(16, (2, 2, 3, 4)), torch.tensor([0, 1])
+    assert torch.equal(model(tokens, labels), loaded(tokens, labels))

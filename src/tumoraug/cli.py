@@ -314,6 +314,9 @@ def train_generator(
     preset: str = typer.Option("brats128", "--preset", help="Config preset: brats128 or tiny."),
     config: str | None = typer.Option(None, "--config", help="GeneratorConfig JSON file."),
     masking: str | None = typer.Option(None, "--masking", help="hybrid or random (MaskGIT)."),
+    baseline: bool = typer.Option(
+        False, "--baseline", help="The 3D-VQGAN baseline: one unconditional network per grade."
+    ),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Token grids per step and process."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
@@ -331,6 +334,8 @@ def train_generator(
     from tumoraug.training.generator import train_generator as run
 
     settings = GeneratorConfig.from_json(config) if config else GeneratorConfig.preset(preset)
+    if baseline:
+        settings = settings.baseline()
     if masking is not None:
         settings = settings.replace(masking=masking)
     if (data is None) == (corpus is None):

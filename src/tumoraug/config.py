@@ -122,11 +122,17 @@ class GeneratorConfig(Config):
     random_replace_ratio: float = 0.1
     random_mask: float = 0.5
     class_dropout: float = 0.1
+    conditioning: str = "class"
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "brats128": {"token_grid": (16, 16, 16), "dim": 512, "depth": 12, "heads": 8},
         "tiny": {"token_grid": (4, 4, 4), "codebook_size": 64, "dim": 64, "depth": 2, "heads": 4},
     }
+
+    def baseline(self) -> GeneratorConfig:
+        """This config as the paper's 3D-VQGAN baseline: one unconditional network per grade,
+        trained with plain MaskGIT random masking (no importance masking, no guidance)."""
+        return self.replace(conditioning="per_class", masking="random", class_dropout=0.0)
 
     @property
     def mask_id(self) -> int:
@@ -190,6 +196,20 @@ class GeneratorConfig(Config):
             check(0 <= value <= 1, name, field, "a number in [0, 1]", value)
         check(
             self.neighbor_radius >= 0, name, "neighbor_radius", "an int >= 0", self.neighbor_radius
+        )
+        check(
+            self.conditioning in ("class", "per_class"),
+            name,
+            "conditioning",
+            "'class' (one class-conditioned network) or 'per_class' (baseline)",
+            self.conditioning,
+        )
+        check(
+            self.conditioning == "class" or self.class_dropout == 0,
+            name,
+            "class_dropout",
+            "0 with conditioning='per_class' (the baseline has no unconditional model)",
+            self.class_dropout,
         )
 
 

@@ -205,14 +205,14 @@ class TumorGenerator:
         """Load both stages' weights onto the device (once; thread-safe); returns self."""
         if self.is_loaded:
             return self
-        from tumoraug.models.transformer import MaskedTransformer
+        from tumoraug.models.transformer import transformer_class
         from tumoraug.models.vqgan import VQGAN3D
 
         with self._lock:
             if not self.is_loaded:
                 assert self._root is not None
                 tokenizer = VQGAN3D.from_pretrained(self._root / TOKENIZER_DIR, device=self._device)
-                transformer = MaskedTransformer.from_pretrained(
+                transformer = transformer_class(self._generator_config).from_pretrained(
                     self._root / GENERATOR_DIR, device=self._device
                 )
                 self._tokenizer, self._transformer = tokenizer, transformer

@@ -11,7 +11,9 @@ the drawn token plus Gumbel noise whose scale is annealed linearly to zero over 
 With ``guidance_scale != 1`` each round evaluates the conditional and the unconditional
 (null class) predictions in one batched forward and uses
 ``uncond + guidance_scale * (cond - uncond)``; so a sample costs ``steps`` network
-evaluations, or ``2 * steps`` with guidance.
+evaluations, or ``2 * steps`` with guidance. The per-class baseline
+(``conditioning="per_class"``) has no unconditional model, so guidance does not apply to
+it and is skipped.
 
 Randomness is per sample: sample ``j`` draws all of its noise (a fixed number of uniforms per
 round, on the CPU) from its own `torch.Generator`, so its tokens depend only on its label,
@@ -111,7 +113,7 @@ def sample_tokens(
     batch, grid = len(labels), tuple(config.token_grid)
     total = math.prod(grid)
     labels = labels.to(device)
-    guided = guidance_scale != 1.0
+    guided = guidance_scale != 1.0 and config.conditioning == "class"
     tokens = torch.full((batch, total), config.mask_id, dtype=torch.long, device=device)
     for step in range(steps):
         noise = torch.stack([torch.rand(2, total, generator=g) for g in generators]).to(device)

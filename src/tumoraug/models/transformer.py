@@ -7,6 +7,11 @@ grid is flattened to ``d*h*w`` positions, a class token is prepended, and pre-no
 with full (non-causal) attention predict, at every grid position, logits over the codebook.
 Positions carry a learned embedding, either one vector per position ("learned") or the sum
 of one vector per axis coordinate ("factorized", far fewer parameters at 16³).
+
+`PerClassTransformer` is the paper's 3D-VQGAN baseline (``conditioning="per_class"``): one
+unconditional `MaskedTransformer` per grade behind the same call signature, so that
+training, sampling and `TumorGenerator` run it unchanged. `build_transformer` and
+`transformer_class` pick the class a config asks for.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 
 from tumoraug.checkpoint import PretrainedMixin
 from tumoraug.config import GeneratorConfig
+from tumoraug.errors import ConfigError
 
 
 class SelfAttention(nn.Module):
@@ -91,6 +97,11 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
+        if config.conditioning != "class":
+            raise ConfigError(
+                f"MaskedTransformer: conditioning={config.conditioning!r} is built by "
+                "PerClassTransformer; use build_transformer(config)"
+            )
         self.config = config
         self.token_embedding = nn.Embedding(config.codebook_size + 1, config.dim)
         self.class_embedding = nn.Embedding(config.num_classes + 1, config.dim)
@@ -139,3 +150,70 @@ class MaskedTransformer(PretrainedMixin, nn.Module):
             x = block(x)
         logits = self.head(self.norm(x[:, 1:]))
         return logits.reshape(*tokens.shape, self.config.codebook_size)
+
+
+class PerClassTransformer(PretrainedMixin, nn.Module):
+    """The 3D-VQGAN baseline: one unconditional `MaskedTransformer` per grade.
+
+    Each sample is routed to the network of its grade, which sees only the null class, so
+    every member learns the token distribution of one grade alone. There is no
+    unconditional model to guide with: labels must be grades.
+    """
+
+    config_class = GeneratorConfig
+    model_type = MaskedTransformer.model_type
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        if config.conditioning != "per_class":
+            raise ConfigError(
+                f"PerClassTransformer: needs conditioning='per_class', got {config.conditioning!r}"
+            )
+        self.config = config
+        member = config.replace(conditioning="class")
+        self.members = nn.ModuleList(MaskedTransformer(member) for _ in range(config.num_classes))
+
+    @property
+    def mask_id(self) -> int:
+        """Token id of ``[MASK]``."""
+        return self.config.mask_id
+
+    @property
+    def null_class(self) -> int:
+        """The null class index (not accepted by this model: it has no unconditional member)."""
+        return self.config.null_class
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Map ``tokens (B, d, h, w)`` and grades ``labels (B,)`` to ``(B, d, h, w, codebook)``."""
+        labels = labels.reshape(-1)
+        if bool(((labels < 0) | (labels >= self.config.num_classes)).any()):
+            raise ValueError(
+                "PerClassTransformer: labels must be grades 0.."
+                f"{self.config.num_classes - 1}; the per-class baseline has no null class"
+            )
+        parts, unused = [], []
+        for grade, member in enumerate(self.members):
+            index = (labels == grade).nonzero().squeeze(1)
+            if index.numel() == 0:
+                unused.append(member)
+                continue
+            null = torch.full_like(index, member.null_class)
+            parts.append((index, member(tokens[index], null)))
+        logits = parts[0][1].new_empty((labels.shape[0], *parts[0][1].shape[1:]))
+        for index, part in parts:
+            logits[index] = part
+        if self.training and unused:
+            # Keep every member in the graph (zero gradient), as DistributedDataParallel
+            # expects a gradient for each parameter on every step.
+            logits = logits + sum(p.sum() for m in unused for p in m.parameters()) * 0.0
+        return logits
+
+
+def transformer_class(config: GeneratorConfig) -> type[MaskedTransformer | PerClassTransformer]:
+    """The stage-2 model class a config asks for (``conditioning``)."""
+    return PerClassTransformer if config.conditioning == "per_class" else MaskedTransformer
+
+
+def build_transformer(config: GeneratorConfig) -> MaskedTransformer | PerClassTransformer:
+    """A freshly initialised stage-2 model for ``config``."""
+    return transformer_class(config)(config)

@@ -38,7 +38,7 @@ from tumoraug.checkpoint import atomic_save_tensors
 from tumoraug.config import GeneratorConfig
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.masking import corrupt
-from tumoraug.models.transformer import MaskedTransformer
+from tumoraug.models.transformer import MaskedTransformer, PerClassTransformer, build_transformer
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
 
 CORPUS_NAME = "corpus.safetensors"
@@ -214,7 +214,7 @@ class GeneratorTask(TrainingTask):
 
     def __init__(
         self,
-        model: MaskedTransformer,
+        model: MaskedTransformer | PerClassTransformer,
         *,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
@@ -330,7 +330,10 @@ def train_generator(
     warmup_steps: int = 0,
     progress: bool = True,
 ) -> FitResult:
-    """Train a `MaskedTransformer`; the model goes to ``output_dir/generator``.
+    """Train the stage-2 model; it goes to ``output_dir/generator``.
+
+    The model is a `MaskedTransformer`, or the per-class baseline (`PerClassTransformer`)
+    when ``config.conditioning == "per_class"`` (see `GeneratorConfig.baseline`).
 
     ``config``: a `GeneratorConfig` or a preset name; its ``codebook_size`` and
     ``token_grid`` are replaced by those of the corpus. ``data``: a `TokenCorpus`, a corpus
@@ -353,7 +356,7 @@ def train_generator(
     config = config.replace(codebook_size=corpus.codebook_size, token_grid=corpus.token_grid)
     torch.manual_seed(seed)
     task = GeneratorTask(
-        MaskedTransformer(config), lr=lr, weight_decay=weight_decay, tokenizer=tokenizer
+        build_transformer(config), lr=lr, weight_decay=weight_decay, tokenizer=tokenizer
     )
     result = fit(
         task,
