@@ -100,7 +100,7 @@ def test_baseline_routes_each_sample_to_its_grade_network():
         alone = member(tokens[i : i + 1], torch.tensor([member.null_class]))
         assert torch.allclose(logits[i], alone[0], atol=1e-5)
     with pytest.raises(ValueError, match="no null class"):
-        model(tokens, torch.full((4,), model.null_class))
+        model(tokens, torch.full((4,), model.config.null_class))
 
 
 def test_baseline_gives_every_member_a_gradient_even_when_a_grade_is_absent():

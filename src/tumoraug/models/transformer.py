@@ -173,16 +173,6 @@ class PerClassTransformer(PretrainedMixin, nn.Module):
         member = config.replace(conditioning="class")
         self.members = nn.ModuleList(MaskedTransformer(member) for _ in range(config.num_classes))
 
-    @property
-    def mask_id(self) -> int:
-        """Token id of ``[MASK]``."""
-        return self.config.mask_id
-
-    @property
-    def null_class(self) -> int:
-        """The null class index (not accepted by this model: it has no unconditional member)."""
-        return self.config.null_class
-
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Map ``tokens (B, d, h, w)`` and grades ``labels (B,)`` to ``(B, d, h, w, codebook)``."""
         labels = labels.reshape(-1)
