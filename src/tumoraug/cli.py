@@ -111,7 +111,11 @@ def preprocess(
 @friendly_errors
 def generate(
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Model folder or Hub id (owner/name) of a TumorGenerator."
+        None,
+        "--model",
+        "-m",
+        help="Model folder or Hub id (owner/name); default: the embedded demo model "
+        "(trained on phantoms, see tumoraug/pretrained/demo/README.md).",
     ),
     label: str = typer.Option(
         ..., "--label", "-l", help="Grade: HGG, LGG, 0 or 1; several as HGG,LGG (n of each)."
@@ -133,13 +137,14 @@ def generate(
 ) -> None:
     """Generate synthetic HGG / LGG ROIs as NIfTI files + manifest.json + preview.png,
     or into a synthetic bank (--bank FILE.npy, served by SyntheticTumorDataset.from_bank)."""
-    from tumoraug.errors import CheckpointError, ConfigError
+    from tumoraug.errors import ConfigError
     from tumoraug.generator import TumorGenerator, generate_to_folder
     from tumoraug.labels import to_labels
+    from tumoraug.pretrained import demo_model_path
 
     labels = to_labels([part for part in label.split(",") if part.strip()])
     if model is None:
-        raise CheckpointError("no model given: pass --model <model folder or Hub id owner/name>")
+        model = str(demo_model_path())
     if out is None and bank is None:
         raise ConfigError("give --out FOLDER (NIfTI files) and/or --bank FILE (synthetic bank)")
     generator = TumorGenerator.from_pretrained(model, device=device)
