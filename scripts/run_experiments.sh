@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The experiments of docs/results.md, on CPU, on 32³ phantom ROIs:
 #   1. three stage-2 generators on one tokenizer, identical except topk_ratio 0 / 0.25 / 0.5
-#      (800 steps each); the 0.25 run continued to 2000 steps is the embedded demo model;
+#      (800 steps each; the 0 run is the embedded demo model), and the 0.25 run continued
+#      to 2000 steps;
 #   2. the downstream protocol (5 folds x 3 seeds), real only vs pre-train on synthetic, on
 #      phantoms the generators never saw (seed 1; the generators saw seed 0);
 #   3. the topk_ratio ablation with `tumoraug evaluate-samples`, plus reference rows;
@@ -37,11 +38,11 @@ for k in 0.25 0 0.5; do
     fi
 done
 
-# The demo model: the topk 0.25 run resumed from its last checkpoint up to 2000 steps.
+# The topk 0.25 run resumed from its last checkpoint up to 2000 steps.
 if [ ! -f "$W/demo_s2000/train_summary.json" ] || ! grep -q '"step": 2000' "$W/demo_s2000/train_summary.json"; then
     [ -d "$W/demo_s2000" ] || cp -r "$W/gen_topk0.25" "$W/demo_s2000"
     timed python scripts/train_demo_model.py --tokenizer "$TOK" --data "$TOKQ/cache32" \
-        --out "$W/demo_s2000" --topk-ratio 0.25 --steps 2000 --ship "$W/demo_ship"
+        --out "$W/demo_s2000" --topk-ratio 0.25 --steps 2000
 fi
 
 # 2. Downstream protocol on held-out phantoms (different seed: no subject seen in training).
@@ -54,9 +55,16 @@ if [ ! -f "$W/eval_downstream/results.json" ]; then
         --conditions real,pretrain --folds 5 --seeds 0,1,2 --device cpu \
         --out "$W/eval_downstream"
 fi
+# The same folds and seeds with the topk 0 generator (the shipped demo) as the source; the
+# real-only runs are identical to those above, so only the pre-training condition runs.
+if [ ! -f "$W/eval_downstream_topk0/results.json" ]; then
+    timed tumoraug evaluate --data "$W/real_cache32" --model "$W/gen_topk0" \
+        --conditions pretrain --folds 5 --seeds 0,1,2 --device cpu \
+        --out "$W/eval_downstream_topk0"
+fi
 
 # 3. topk_ratio ablation: MMD x 1e4 and MS-SSIM per grade against the held-out phantoms,
-#    for sample seeds 0, 1, 2; the demo model and two reference rows on the same footing.
+#    for sample seeds 0, 1, 2; the 2000-step run and two reference rows on the same footing.
 for s in 0 1 2; do
     if [ ! -f "$W/eval_ablation_seed$s/samples.json" ]; then
         timed tumoraug evaluate-samples --data "$W/real_cache32" --model "$W/gen_topk0" \

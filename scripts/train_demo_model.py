@@ -9,11 +9,12 @@ model at ``src/tumoraug/pretrained/demo`` was made with::
         --batch-size 4 --tumor-weight 0.1
     OMP_NUM_THREADS=1 python scripts/train_demo_model.py \\
         --tokenizer /tmp/tokq/run_tw0.1_s900/tokenizer --data /tmp/tokq/cache32 \\
-        --out /tmp/exp/gen_topk0.25 --topk-ratio 0.25 --steps 800 \\
+        --out /tmp/exp/gen_topk0 --topk-ratio 0 --steps 800 \\
         --ship src/tumoraug/pretrained/demo
 
-The same settings with ``--topk-ratio 0`` / ``0.5`` give the other arms of the ablation
-(``scripts/run_experiments.sh``). The equivalent CLI call is printed before training.
+The same settings with ``--topk-ratio 0.25`` / ``0.5`` give the other arms of the ablation
+(``scripts/run_experiments.sh``; ``docs/results.md`` says why the demo uses 0). The
+equivalent CLI call is printed before training.
 """
 
 from __future__ import annotations
