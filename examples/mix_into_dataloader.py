@@ -2,8 +2,9 @@
 
     python examples/mix_into_dataloader.py --model PATH_OR_HUB_ID --data ROI_CACHE
 
-Without ``--model`` / ``--data`` it builds a tiny random-weight generator and a tiny phantom
-ROI cache in a temporary folder (16³ ROIs), so that it runs anywhere in seconds.
+Without ``--model`` it uses the embedded demo model (32³, trained on phantoms); without
+``--data`` it builds a small phantom ROI cache in a temporary folder, so that it runs
+anywhere in seconds.
 """
 
 from __future__ import annotations
@@ -18,26 +19,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from tumoraug.data import ROIDataset
 from tumoraug.dataset import SyntheticTumorDataset, mix
+from tumoraug.pretrained import demo_model_path
 
 
-def demo_inputs(workdir: Path) -> tuple[Path, Path]:
-    """A random-weight 16³ TumorGenerator folder and a phantom ROI cache (stand-ins)."""
-    from tumoraug.config import GeneratorConfig, TokenizerConfig
+def phantom_rois(workdir: Path) -> Path:
+    """A small phantom ROI cache (32³, the demo model's size), standing in for real data."""
     from tumoraug.data.cache import preprocess
     from tumoraug.data.phantom import write_phantom_dataset
-    from tumoraug.generator import TumorGenerator
-    from tumoraug.models.transformer import MaskedTransformer
-    from tumoraug.models.vqgan import VQGAN3D
 
-    torch.manual_seed(0)
-    model = TumorGenerator(
-        VQGAN3D(TokenizerConfig.preset("tiny")),
-        MaskedTransformer(GeneratorConfig.preset("tiny", dim=32, depth=1)),
-        device="cpu",
-    ).save_pretrained(workdir / "model")
-    write_phantom_dataset(workdir / "brats", per_class=6, seed=0, shape=(40, 40, 40))
-    preprocess(workdir / "brats", workdir / "cache", size=16)
-    return model, workdir / "cache"
+    write_phantom_dataset(workdir / "brats", per_class=6, seed=0, shape=(48, 48, 48))
+    preprocess(workdir / "brats", workdir / "cache", size=32)
+    return workdir / "cache"
 
 
 class Pairs(Dataset):
@@ -64,10 +56,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, data = args.model, args.data
-        if model is None or data is None:
-            demo_model, demo_data = demo_inputs(Path(tmp))
-            model, data = model or str(demo_model), data or demo_data
+        model = args.model or str(demo_model_path())
+        data = args.data or phantom_rois(Path(tmp))
         real = ROIDataset(data)
         # The generator is given as a path: each worker loads it lazily, once.
         synthetic = SyntheticTumorDataset(model, length=1000, seed=0, steps=4, device="cpu")

@@ -5,8 +5,8 @@
 `RandomSyntheticReplace` swaps a subject's image for a synthetic ROI of the same grade with
 probability ``p``; it sits in `tio.Compose` like any TorchIO transform and records itself in
 the subject history, so that ``subject.get_composed_history()`` replays the same output.
-Without ``--model`` / ``--data`` a tiny random-weight generator and phantom ROIs are built in
-a temporary folder.
+Without ``--model`` it uses the embedded demo model (32³, trained on phantoms); without
+``--data`` phantom ROIs are built in a temporary folder.
 """
 
 from __future__ import annotations
@@ -20,27 +20,18 @@ import torchio as tio
 from torch.utils.data import DataLoader
 
 from tumoraug.data import ROIDataset
+from tumoraug.pretrained import demo_model_path
 from tumoraug.transforms import RandomSyntheticReplace
 
 
-def demo_inputs(workdir: Path) -> tuple[Path, Path]:
-    """A random-weight 16³ TumorGenerator folder and a phantom ROI cache (stand-ins)."""
-    from tumoraug.config import GeneratorConfig, TokenizerConfig
+def phantom_rois(workdir: Path) -> Path:
+    """A small phantom ROI cache (32³, the demo model's size), standing in for real data."""
     from tumoraug.data.cache import preprocess
     from tumoraug.data.phantom import write_phantom_dataset
-    from tumoraug.generator import TumorGenerator
-    from tumoraug.models.transformer import MaskedTransformer
-    from tumoraug.models.vqgan import VQGAN3D
 
-    torch.manual_seed(0)
-    model = TumorGenerator(
-        VQGAN3D(TokenizerConfig.preset("tiny")),
-        MaskedTransformer(GeneratorConfig.preset("tiny", dim=32, depth=1)),
-        device="cpu",
-    ).save_pretrained(workdir / "model")
-    write_phantom_dataset(workdir / "brats", per_class=6, seed=0, shape=(40, 40, 40))
-    preprocess(workdir / "brats", workdir / "cache", size=16)
-    return model, workdir / "cache"
+    write_phantom_dataset(workdir / "brats", per_class=6, seed=0, shape=(48, 48, 48))
+    preprocess(workdir / "brats", workdir / "cache", size=32)
+    return workdir / "cache"
 
 
 def main() -> None:
@@ -52,10 +43,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, data = args.model, args.data
-        if model is None or data is None:
-            demo_model, demo_data = demo_inputs(Path(tmp))
-            model, data = model or str(demo_model), data or demo_data
+        model = args.model or str(demo_model_path())
+        data = args.data or phantom_rois(Path(tmp))
 
         transform = tio.Compose(
             [

@@ -1,4 +1,4 @@
-"""The plugin examples run end to end at tiny size (random-weight generator, phantom ROIs)."""
+"""The examples run end to end at small size (embedded demo model, phantom ROIs)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def run_example(name: str, *args: str) -> str:
 def test_mix_into_dataloader():
     out = run_example("mix_into_dataloader.py", "--epochs", "1", "--workers", "2")
     assert "epoch 0: 24 items, 12 synthetic (50%)" in out
-    assert "(tensor, label) dataset: batch (4, 1, 16, 16, 16)" in out
+    assert "(tensor, label) dataset: batch (4, 1, 32, 32, 32)" in out
 
 
 def test_torchio_pipeline():
@@ -41,7 +41,7 @@ def test_pretrain_on_synthetic():
         *("--bank-size", "16", "--synthetic-epochs", "1", "--real-epochs", "1"),
         *("--workers", "0"),
     )
-    assert "bank: 16 ROIs of (1, 16, 16, 16) (int16)" in out
+    assert "bank: 16 ROIs of (1, 32, 32, 32) (int16)" in out
     for name in ("real only", "synthetic then real"):
         auc = float(out.split(f"{name}: ")[-1].split()[0])
         assert 0.0 <= auc <= 1.0
