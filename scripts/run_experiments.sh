@@ -62,6 +62,11 @@ if [ ! -f "$W/eval_downstream_topk0/results.json" ]; then
         --conditions pretrain --folds 5 --seeds 0,1,2 --device cpu \
         --out "$W/eval_downstream_topk0"
 fi
+if [ ! -f "$W/eval_downstream_topk0_mixed/results.json" ]; then
+    timed tumoraug evaluate --data "$W/real_cache32" --model "$W/gen_topk0" \
+        --conditions mixed --folds 5 --seeds 0,1,2 --device cpu \
+        --out "$W/eval_downstream_topk0_mixed"
+fi
 
 # 3. topk_ratio ablation: MMD x 1e4 and MS-SSIM per grade against the held-out phantoms,
 #    for sample seeds 0, 1, 2; the 2000-step run and two reference rows on the same footing.
