@@ -476,17 +476,22 @@ class ProtocolResult:
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``results.md``, ``results.json`` and ``roc.png`` into ``out_dir``."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "markdown": out_dir / "results.md",
-            "json": out_dir / "results.json",
-            "roc": out_dir / "roc.png",
-        }
-        atomic_write_text(paths["markdown"], self.to_markdown())
-        atomic_write_json(paths["json"], _json_safe(self.to_dict()))
+        paths = _write_tables(out_dir, "results", self.to_markdown(), self.to_dict())
+        paths["roc"] = Path(out_dir) / "roc.png"
         save_roc_png(self.roc_curves(), paths["roc"])
         return paths
+
+
+def _write_tables(
+    out_dir: str | Path, stem: str, markdown: str, data: dict[str, Any]
+) -> dict[str, Path]:
+    """Write a report's ``<stem>.md`` and ``<stem>.json`` into ``out_dir`` (created)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json"}
+    atomic_write_text(paths["markdown"], markdown)
+    atomic_write_json(paths["json"], _json_safe(data))
+    return paths
 
 
 def _json_safe(value: Any) -> Any:
@@ -650,15 +655,8 @@ class SampleReport:
         """Write ``samples.md``, ``samples.json`` and ``samples_montage.png`` into ``out_dir``."""
         from tumoraug.viz import save_montage
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "markdown": out_dir / "samples.md",
-            "json": out_dir / "samples.json",
-            "montage": out_dir / "samples_montage.png",
-        }
-        atomic_write_text(paths["markdown"], self.to_markdown())
-        atomic_write_json(paths["json"], _json_safe(self.to_dict()))
+        paths = _write_tables(out_dir, "samples", self.to_markdown(), self.to_dict())
+        paths["montage"] = Path(out_dir) / "samples_montage.png"
         save_montage(
             [volume for _, volume in self.montage],
             paths["montage"],
