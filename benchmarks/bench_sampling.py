@@ -21,7 +21,7 @@ import time
 import torch
 
 from tumoraug import TumorGenerator
-from tumoraug.config import GeneratorConfig, TokenizerConfig
+from tumoraug.config import TransformerConfig, TokenizerConfig
 from tumoraug.models.transformer import MaskedTransformer
 from tumoraug.models.vqgan import VQGAN3D
 
@@ -31,10 +31,10 @@ def build(size: int, device: str) -> TumorGenerator:
     torch.manual_seed(0)
     if size == 128:
         tokenizer_config = TokenizerConfig.preset("brats128")
-        generator_config = GeneratorConfig.preset("brats128")
+        generator_config = TransformerConfig.preset("brats128")
     else:
         tokenizer_config = TokenizerConfig.preset("tiny", roi_size=size)
-        generator_config = GeneratorConfig.preset("tiny", dim=96, depth=3, heads=4)
+        generator_config = TransformerConfig.preset("tiny", dim=96, depth=3, heads=4)
     generator_config = generator_config.replace(
         codebook_size=tokenizer_config.codebook_size, token_grid=tokenizer_config.token_grid
     )

@@ -55,7 +55,7 @@ def build_inputs(workdir: Path, size: int, n: int) -> tuple[Path, Path]:
 
 
 def random_model(workdir: Path, size: int) -> Path:
-    from tumoraug.config import GeneratorConfig, TokenizerConfig
+    from tumoraug.config import TransformerConfig, TokenizerConfig
     from tumoraug.generator import TumorGenerator
     from tumoraug.models.transformer import MaskedTransformer
     from tumoraug.models.vqgan import VQGAN3D
@@ -66,7 +66,7 @@ def random_model(workdir: Path, size: int) -> Path:
     mult = {"channel_mult": (1, 1, 2, 2)} if size > 64 else {}
     tokenizer = VQGAN3D(TokenizerConfig.preset("tiny", roi_size=size, **mult))
     grid = tokenizer.config.token_grid
-    transformer = MaskedTransformer(GeneratorConfig.preset("tiny", token_grid=grid))
+    transformer = MaskedTransformer(TransformerConfig.preset("tiny", token_grid=grid))
     return TumorGenerator(tokenizer, transformer, device="cpu").save_pretrained(workdir / "model")
 
 

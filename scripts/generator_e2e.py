@@ -24,7 +24,7 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from tumoraug import TumorGenerator
-from tumoraug.config import GeneratorConfig, TokenizerConfig
+from tumoraug.config import TransformerConfig, TokenizerConfig
 from tumoraug.data import ROIDataset, preprocess, subject_tensors, write_phantom_dataset
 from tumoraug.models.vqgan import VQGAN3D
 from tumoraug.training.generator import train_generator
@@ -111,7 +111,7 @@ def main() -> None:
 
     t = time.perf_counter()
     model_dir = work / f"model_{args.masking}"
-    config = GeneratorConfig.preset(
+    config = TransformerConfig.preset(
         "tiny", dim=96, depth=3, heads=4, dropout=0.1, masking=args.masking
     )
     train_generator(

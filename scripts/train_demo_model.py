@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from tumoraug import TumorGenerator
-from tumoraug.config import GeneratorConfig
+from tumoraug.config import TransformerConfig
 from tumoraug.training.generator import train_generator
 
 SHIPPED = ("tumoraug.json", "tokenizer", "generator")
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--ship", type=Path, default=None, help="Copy the final model here.")
     args = parser.parse_args()
 
-    config = GeneratorConfig.preset(
+    config = TransformerConfig.preset(
         "tiny", dim=args.dim, depth=args.depth, heads=4, dropout=0.1, topk_ratio=args.topk_ratio
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -24,14 +24,14 @@ def _deterministic_torch():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A full TumorGenerator folder (16³ ROIs, random weights) for plumbing tests."""
-    from tumoraug.config import GeneratorConfig, TokenizerConfig
+    from tumoraug.config import TransformerConfig, TokenizerConfig
     from tumoraug.generator import TumorGenerator
     from tumoraug.models.transformer import MaskedTransformer
     from tumoraug.models.vqgan import VQGAN3D
 
     torch.manual_seed(0)
     tokenizer = VQGAN3D(TokenizerConfig.preset("tiny"))
-    transformer = MaskedTransformer(GeneratorConfig.preset("tiny", dim=32, depth=1))
+    transformer = MaskedTransformer(TransformerConfig.preset("tiny", dim=32, depth=1))
     directory = tmp_path_factory.mktemp("models") / "tiny-generator"
     TumorGenerator(tokenizer, transformer, device="cpu").save_pretrained(directory)
     return directory

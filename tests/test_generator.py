@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tumoraug import TumorGenerator
-from tumoraug.config import GeneratorConfig, TokenizerConfig
+from tumoraug.config import TransformerConfig, TokenizerConfig
 from tumoraug.errors import CheckpointError, LabelError
 from tumoraug.models.transformer import MaskedTransformer
 from tumoraug.models.vqgan import VQGAN3D
@@ -83,7 +83,7 @@ def test_picklable_before_and_after_loading(tiny_model_dir):
 def test_save_pretrained_layout_and_round_trip(tmp_path):
     torch.manual_seed(0)
     tokenizer = VQGAN3D(TokenizerConfig.preset("tiny"))
-    transformer = MaskedTransformer(GeneratorConfig.preset("tiny", dim=32, depth=1))
+    transformer = MaskedTransformer(TransformerConfig.preset("tiny", dim=32, depth=1))
     live = TumorGenerator(tokenizer, transformer, device="cpu")
     assert live.is_loaded
     copy = pickle.loads(pickle.dumps(live))  # live models travel with their weights
@@ -111,7 +111,7 @@ def test_clear_errors_for_bad_folders(tmp_path, tiny_model_dir):
     with pytest.raises(CheckpointError, match=r"tumoraug\.json"):
         TumorGenerator.from_pretrained(tmp_path / "empty")
     tokenizer = VQGAN3D(TokenizerConfig.preset("tiny"))
-    wrong = MaskedTransformer(GeneratorConfig.preset("tiny", codebook_size=32, dim=32, depth=1))
+    wrong = MaskedTransformer(TransformerConfig.preset("tiny", codebook_size=32, dim=32, depth=1))
     with pytest.raises(CheckpointError, match="codebook_size"):
         TumorGenerator(tokenizer, wrong, device="cpu")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tumoraug import TumorGenerator
-from tumoraug.config import GeneratorConfig, TokenizerConfig
+from tumoraug.config import TransformerConfig, TokenizerConfig
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.models.transformer import MaskedTransformer
 from tumoraug.models.vqgan import VQGAN3D
@@ -84,7 +84,7 @@ def context(step: int = 0, model=None) -> StepContext:
 
 @pytest.mark.parametrize(("dropout", "expected_null"), [(0.0, 0), (1.0, 8)])
 def test_class_dropout_sends_the_null_class(dropout, expected_null):
-    config = GeneratorConfig.preset("tiny", class_dropout=dropout, **TINY)
+    config = TransformerConfig.preset("tiny", class_dropout=dropout, **TINY)
     model = MaskedTransformer(config)
     seen = []
     model.register_forward_hook(lambda m, args, out: seen.append(args[1].tolist()))
@@ -97,7 +97,7 @@ def test_class_dropout_sends_the_null_class(dropout, expected_null):
 
 
 def test_loss_is_cross_entropy_on_corrupted_positions_only():
-    config = GeneratorConfig.preset("tiny", masking="random", class_dropout=0.0, **TINY)
+    config = TransformerConfig.preset("tiny", masking="random", class_dropout=0.0, **TINY)
     model = MaskedTransformer(config)
     corpus = random_corpus(4)
     batch = (corpus.tokens, corpus.importance, corpus.labels)
@@ -112,7 +112,7 @@ def test_loss_is_cross_entropy_on_corrupted_positions_only():
 
 def test_training_writes_metrics_and_resumes_exactly(tmp_path):
     corpus = random_corpus()
-    config = GeneratorConfig.preset("tiny", **TINY)
+    config = TransformerConfig.preset("tiny", **TINY)
     kwargs = dict(batch_size=4, device="cpu", progress=False, log_every=1, checkpoint_every=2)
     train_generator(config, corpus, tmp_path / "full", max_steps=4, **kwargs)
     train_generator(config, corpus, tmp_path / "split", max_steps=2, **kwargs)
@@ -150,7 +150,7 @@ def test_pipeline_16_cubed_runs_in_seconds(tmp_path):
         "tiny", tmp_path / "cache", tmp_path / "stage1", max_steps=1, image_every=0, **quiet
     )
     train_generator(
-        GeneratorConfig.preset("tiny", **TINY),
+        TransformerConfig.preset("tiny", **TINY),
         (tmp_path / "stage1" / "tokenizer", tmp_path / "cache"),
         tmp_path / "model",
         max_steps=2,

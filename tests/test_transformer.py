@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tumoraug.config import GeneratorConfig
+from tumoraug.config import TransformerConfig
 from tumoraug.errors import CheckpointError, ConfigError
 from tumoraug.models.transformer import (
     MaskedTransformer,
@@ -16,7 +16,7 @@ from tumoraug.models.transformer import (
 
 
 def tiny(**overrides) -> MaskedTransformer:
-    config = GeneratorConfig.preset(
+    config = TransformerConfig.preset(
         "tiny", codebook_size=16, token_grid=(2, 3, 4), dim=32, dropout=0.0, **overrides
     )
     return MaskedTransformer(config).eval()
@@ -70,7 +70,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def baseline(**overrides) -> PerClassTransformer:
-    config = GeneratorConfig.preset(
+    config = TransformerConfig.preset(
         "tiny", codebook_size=16, token_grid=(2, 3, 4), dim=32, dropout=0.0, **overrides
     ).baseline()
     return build_transformer(config).eval()
@@ -80,13 +80,13 @@ def test_baseline_config_switch_builds_one_unconditional_network_per_grade():
     model = baseline()
     assert isinstance(model, PerClassTransformer) and len(model.members) == 2
     assert model.config.masking == "random" and model.config.class_dropout == 0.0
-    assert isinstance(build_transformer(GeneratorConfig.preset("tiny")), MaskedTransformer)
+    assert isinstance(build_transformer(TransformerConfig.preset("tiny")), MaskedTransformer)
     with pytest.raises(ConfigError, match="class_dropout"):
-        GeneratorConfig.preset("tiny", conditioning="per_class")
+        TransformerConfig.preset("tiny", conditioning="per_class")
     with pytest.raises(ConfigError, match="PerClassTransformer"):
         MaskedTransformer(model.config)
     with pytest.raises(ConfigError, match="conditioning"):
-        GeneratorConfig.preset("tiny", conditioning="film")
+        TransformerConfig.preset("tiny", conditioning="film")
 
 
 def test_baseline_routes_each_sample_to_its_grade_network():

@@ -317,7 +317,7 @@ def train_generator(
         None, "--corpus", help="Pre-encoded token corpus file, instead of --data."
     ),
     preset: str = typer.Option("brats128", "--preset", help="Config preset: brats128 or tiny."),
-    config: str | None = typer.Option(None, "--config", help="GeneratorConfig JSON file."),
+    config: str | None = typer.Option(None, "--config", help="TransformerConfig JSON file."),
     masking: str | None = typer.Option(None, "--masking", help="hybrid or random (MaskGIT)."),
     baseline: bool = typer.Option(
         False, "--baseline", help="The 3D-VQGAN baseline: one unconditional network per grade."
@@ -334,11 +334,11 @@ def train_generator(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue the last checkpoint."),
 ) -> None:
     """Train the stage-2 masked transformer on the tokens of a trained tokenizer."""
-    from tumoraug.config import GeneratorConfig
+    from tumoraug.config import TransformerConfig
     from tumoraug.errors import ConfigError
     from tumoraug.training.generator import train_generator as run
 
-    settings = GeneratorConfig.from_json(config) if config else GeneratorConfig.preset(preset)
+    settings = TransformerConfig.from_json(config) if config else TransformerConfig.preset(preset)
     if baseline:
         settings = settings.baseline()
     if masking is not None:

@@ -98,7 +98,7 @@ def check(condition: bool, owner: str, field: str, expected: str, value: Any) ->
 
 
 @dataclasses.dataclass
-class GeneratorConfig(Config):
+class TransformerConfig(Config):
     """Stage 2: the class-conditional masked transformer and its hybrid importance masking.
 
     ``codebook_size`` and ``token_grid`` must match the tokenizer; `train_generator` fills
@@ -129,7 +129,7 @@ class GeneratorConfig(Config):
         "tiny": {"token_grid": (4, 4, 4), "codebook_size": 64, "dim": 64, "depth": 2, "heads": 4},
     }
 
-    def baseline(self) -> GeneratorConfig:
+    def baseline(self) -> TransformerConfig:
         """This config as the paper's 3D-VQGAN baseline: one unconditional network per grade,
         trained with plain MaskGIT random masking (no importance masking, no guidance)."""
         return self.replace(conditioning="per_class", masking="random", class_dropout=0.0)

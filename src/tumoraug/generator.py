@@ -36,10 +36,10 @@ from tumoraug.checkpoint import (
     atomic_write_text,
     resolve_pretrained,
 )
-from tumoraug.config import GeneratorConfig, TokenizerConfig
+from tumoraug.config import TransformerConfig, TokenizerConfig
 from tumoraug.errors import CheckpointError, ConfigError, DataError
 from tumoraug.labels import GRADES, LabelLike, to_labels
-from tumoraug.sampling import make_generators, per_sample_seeds, sample_tokens
+from tumoraug.sampling import SamplingConfig, make_rngs, per_sample_seeds, sample_tokens
 
 MODEL_TYPE = "tumor_generator"
 FORMAT_VERSION = 1
@@ -65,7 +65,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def check_compatible(tokenizer: TokenizerConfig, generator: GeneratorConfig, source: str) -> None:
+def check_compatible(tokenizer: TokenizerConfig, generator: TransformerConfig, source: str) -> None:
     """Raise `CheckpointError` unless the transformer's vocabulary and grid match the tokenizer."""
     if tokenizer.codebook_size != generator.codebook_size:
         raise CheckpointError(
@@ -120,7 +120,7 @@ class TumorGenerator:
         self._root: Path | None = None
         self._source: str | None = None
         self._tokenizer_config: TokenizerConfig = tokenizer.config
-        self._generator_config: GeneratorConfig = transformer.config
+        self._generator_config: TransformerConfig = transformer.config
         self._tokenizer = tokenizer.to(self._device).eval()
         self._transformer = transformer.to(self._device).eval()
         self._lock = threading.Lock()
@@ -186,7 +186,7 @@ class TumorGenerator:
         return self._tokenizer_config
 
     @property
-    def generator_config(self) -> GeneratorConfig:
+    def generator_config(self) -> TransformerConfig:
         return self._generator_config
 
     @property
@@ -276,12 +276,14 @@ class TumorGenerator:
             return sample_tokens(
                 transformer,
                 torch.as_tensor(list(labels), dtype=torch.long),
-                make_generators(seeds),
-                steps=steps,
-                temperature=temperature,
-                guidance_scale=guidance_scale,
-                top_k=top_k,
-                top_p=top_p,
+                make_rngs(seeds),
+                SamplingConfig(
+                    steps=steps,
+                    temperature=temperature,
+                    guidance_scale=guidance_scale,
+                    top_k=top_k,
+                    top_p=top_p,
+                ),
             )
 
     @torch.no_grad()

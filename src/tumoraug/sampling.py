@@ -23,12 +23,15 @@ device.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from tumoraug.config import Config, check
 
 
 def per_sample_seeds(seed: int, n: int, start: int = 0) -> list[int]:
@@ -45,14 +48,60 @@ def per_sample_seeds(seed: int, n: int, start: int = 0) -> list[int]:
     ]
 
 
-def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+def make_rngs(seeds: Sequence[int]) -> list[torch.Generator]:
     """One CPU `torch.Generator` per seed."""
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def network_evaluations(steps: int, guidance_scale: float) -> int:
-    """Network evaluations per sample: ``steps``, doubled when guidance is on."""
-    return steps * (1 if guidance_scale == 1.0 else 2)
+@dataclasses.dataclass
+class SamplingConfig(Config):
+    """How a token grid is decoded: the only place where sampling defaults live.
+
+    ``steps`` parallel decoding rounds; ``guidance_scale`` of classifier-free guidance
+    (1 turns it off); ``temperature`` of the token draw (0 takes the most likely token);
+    optional ``top_k`` / ``top_p`` filtering; ``mask_temperature`` scales the Gumbel noise
+    added to the confidences that choose which draws are masked again.
+    """
+
+    steps: int = 12
+    guidance_scale: float = 1.5
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    mask_temperature: float = 4.5
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        check(
+            isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
+            name, "steps", "an int >= 1", self.steps,
+        )  # fmt: skip
+        for field in ("guidance_scale", "temperature", "mask_temperature"):
+            value = getattr(self, field)
+            check(
+                isinstance(value, int | float) and math.isfinite(value) and value >= 0,
+                name, field, "a finite number >= 0", value,
+            )  # fmt: skip
+        check(
+            self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1),
+            name, "top_k", "None or an int >= 1", self.top_k,
+        )  # fmt: skip
+        check(
+            self.top_p is None
+            or (isinstance(self.top_p, int | float) and math.isfinite(self.top_p)
+                and 0 < self.top_p <= 1),
+            name, "top_p", "None or a number in (0, 1]", self.top_p,
+        )  # fmt: skip
+
+    @property
+    def guided(self) -> bool:
+        """Whether classifier-free guidance is on (``guidance_scale != 1``)."""
+        return self.guidance_scale != 1.0
+
+    @property
+    def network_evaluations(self) -> int:
+        """Network evaluations per sample: ``steps``, doubled when guidance is on."""
+        return self.steps * (2 if self.guided else 1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -70,62 +119,45 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-def _check_settings(
-    steps: int, temperature: float, top_k: int | None, top_p: float | None, n_gen: int, n: int
-) -> None:
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if n_gen != n:
-        raise ValueError(f"got {n_gen} generators for {n} samples: one generator per sample")
-
-
 @torch.no_grad()
 def sample_tokens(
     model: nn.Module,
     labels: torch.Tensor,
-    generators: Sequence[torch.Generator],
+    rngs: Sequence[torch.Generator],
+    sampling: SamplingConfig | None = None,
     *,
-    steps: int = 12,
-    temperature: float = 1.0,
-    guidance_scale: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    mask_temperature: float = 4.5,
     callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Decode ``len(labels)`` token grids ``(B, d, h, w)`` from all-``[MASK]`` in ``steps`` rounds.
+    """Decode ``len(labels)`` token grids ``(B, d, h, w)`` from all-``[MASK]``.
 
     ``model`` is a `MaskedTransformer` (or anything with its ``config`` and call signature);
-    ``labels`` are class indices (mixed labels are fine); ``generators`` one per sample;
-    ``temperature = 0`` takes the most likely token; ``callback(round, steps)`` after each
-    round.
+    ``labels`` are class indices (mixed labels are fine); ``rngs`` one `torch.Generator` per
+    sample; ``sampling`` the settings (`SamplingConfig` defaults when None);
+    ``callback(round, steps)`` after each round.
     """
+    sampling = sampling or SamplingConfig()
+    steps, temperature = sampling.steps, sampling.temperature
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    _check_settings(steps, temperature, top_k, top_p, len(generators), len(labels))
+    if len(rngs) != len(labels):
+        raise ValueError(f"got {len(rngs)} rngs for {len(labels)} samples: one rng per sample")
     config = model.config
     device = next(model.parameters()).device
     batch, grid = len(labels), tuple(config.token_grid)
     total = math.prod(grid)
     labels = labels.to(device)
-    guided = guidance_scale != 1.0 and config.conditioning == "class"
+    guided = sampling.guided and config.conditioning == "class"
     tokens = torch.full((batch, total), config.mask_id, dtype=torch.long, device=device)
     for step in range(steps):
-        noise = torch.stack([torch.rand(2, total, generator=g) for g in generators]).to(device)
+        noise = torch.stack([torch.rand(2, total, generator=g) for g in rngs]).to(device)
         unknown = tokens == config.mask_id
         if guided:
             null = torch.full_like(labels, config.null_class)
             both = model(tokens.repeat(2, 1).reshape(2 * batch, *grid), torch.cat([labels, null]))
             cond, uncond = both.float().reshape(2, batch, total, -1).unbind(0)
-            logits = uncond + guidance_scale * (cond - uncond)
+            logits = uncond + sampling.guidance_scale * (cond - uncond)
         else:
             logits = model(tokens.reshape(batch, *grid), labels).float().reshape(batch, total, -1)
-        logits = filter_logits(logits, top_k, top_p)
+        logits = filter_logits(logits, sampling.top_k, sampling.top_p)
         if temperature == 0:
             drawn = logits.argmax(dim=-1)
             log_probs = logits.log_softmax(dim=-1)
@@ -140,7 +172,7 @@ def sample_tokens(
         remaining = 0 if step == steps - 1 else min(max(remaining, 0), int(unknown[0].sum()) - 1)
         if remaining > 0:
             gumbel = -torch.log(-torch.log(noise[:, 1].clamp(1e-20, 1 - 1e-7)))
-            scale = mask_temperature * (1 - (step + 1) / steps)
+            scale = sampling.mask_temperature * (1 - (step + 1) / steps)
             confidence = confidence + scale * gumbel
             confidence = confidence.masked_fill(~unknown, float("inf"))
             remask = torch.zeros_like(unknown)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tumoraug.checkpoint import PretrainedMixin
-from tumoraug.config import GeneratorConfig
+from tumoraug.config import TransformerConfig
 from tumoraug.errors import ConfigError
 
 
@@ -92,10 +92,10 @@ class PositionalEmbedding3D(nn.Module):
 class MaskedTransformer(PretrainedMixin, nn.Module):
     """Class-conditional bidirectional transformer predicting codebook tokens at every position."""
 
-    config_class = GeneratorConfig
+    config_class = TransformerConfig
     model_type = "masked_transformer"
 
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         if config.conditioning != "class":
             raise ConfigError(
@@ -160,10 +160,10 @@ class PerClassTransformer(PretrainedMixin, nn.Module):
     unconditional model to guide with: labels must be grades.
     """
 
-    config_class = GeneratorConfig
+    config_class = TransformerConfig
     model_type = MaskedTransformer.model_type
 
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         if config.conditioning != "per_class":
             raise ConfigError(
@@ -199,11 +199,11 @@ class PerClassTransformer(PretrainedMixin, nn.Module):
         return logits
 
 
-def transformer_class(config: GeneratorConfig) -> type[MaskedTransformer | PerClassTransformer]:
+def transformer_class(config: TransformerConfig) -> type[MaskedTransformer | PerClassTransformer]:
     """The stage-2 model class a config asks for (``conditioning``)."""
     return PerClassTransformer if config.conditioning == "per_class" else MaskedTransformer
 
 
-def build_transformer(config: GeneratorConfig) -> MaskedTransformer | PerClassTransformer:
+def build_transformer(config: TransformerConfig) -> MaskedTransformer | PerClassTransformer:
     """A freshly initialised stage-2 model for ``config``."""
     return transformer_class(config)(config)

@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from tumoraug import __version__
 from tumoraug.checkpoint import atomic_save_tensors
-from tumoraug.config import GeneratorConfig
+from tumoraug.config import TransformerConfig
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.masking import corrupt
 from tumoraug.models.transformer import MaskedTransformer, PerClassTransformer, build_transformer
@@ -222,7 +222,7 @@ class GeneratorTask(TrainingTask):
         tokenizer: nn.Module | None = None,
     ) -> None:
         self.model = model
-        self.config: GeneratorConfig = model.config
+        self.config: TransformerConfig = model.config
         self.lr, self.weight_decay, self.betas = lr, weight_decay, betas
         self.tokenizer = tokenizer
 
@@ -272,14 +272,16 @@ class GeneratorTask(TrainingTask):
     def save_images(self, batch: Any, ctx: StepContext, path: Path) -> None:
         if self.tokenizer is None:
             return
-        from tumoraug.sampling import make_generators, sample_tokens
+        from tumoraug.sampling import SamplingConfig, make_rngs, sample_tokens
         from tumoraug.viz import save_montage
 
         was_training = self.model.training
         self.model.eval()
         try:
             labels = torch.tensor([1, 1, 0, 0])
-            tokens = sample_tokens(self.model, labels, make_generators(range(4)), steps=8)
+            tokens = sample_tokens(
+                self.model, labels, make_rngs(range(4)), SamplingConfig(steps=8)
+            )
             self.tokenizer.to(tokens.device).eval()
             volumes = self.tokenizer.decode(tokens).float()
         finally:
@@ -308,7 +310,7 @@ def _resolve_corpus(
 
 
 def train_generator(
-    config: GeneratorConfig | str,
+    config: TransformerConfig | str,
     data: Any,
     output_dir: str | Path,
     *,
@@ -333,9 +335,9 @@ def train_generator(
     """Train the stage-2 model; it goes to ``output_dir/generator``.
 
     The model is a `MaskedTransformer`, or the per-class baseline (`PerClassTransformer`)
-    when ``config.conditioning == "per_class"`` (see `GeneratorConfig.baseline`).
+    when ``config.conditioning == "per_class"`` (see `TransformerConfig.baseline`).
 
-    ``config``: a `GeneratorConfig` or a preset name; its ``codebook_size`` and
+    ``config``: a `TransformerConfig` or a preset name; its ``codebook_size`` and
     ``token_grid`` are replaced by those of the corpus. ``data``: a `TokenCorpus`, a corpus
     file, or a ``(tokenizer, roi_data)`` pair (tokenizer a `VQGAN3D` or its folder; the
     corpus is then encoded once into ``output_dir/corpus.safetensors``). When the tokenizer
@@ -344,7 +346,7 @@ def train_generator(
     `tumoraug.training.loop.fit`.
     """
     if isinstance(config, str):
-        config = GeneratorConfig.preset(config)
+        config = TransformerConfig.preset(config)
     output_dir = Path(output_dir)
     corpus, pair_tokenizer = _resolve_corpus(data, output_dir, batch_size, device)
     tokenizer = _as_tokenizer(tokenizer) if tokenizer is not None else pair_tokenizer

@@ -1,0 +1,41 @@
+"""Where tensors run: the one device resolution and the one mixed-precision rule.
+
+``"auto"`` means CUDA when it is available, else the CPU; a plain ``"cuda"`` means the GPU
+of this process (``cuda:<LOCAL_RANK>`` under ``torchrun``, ``cuda:0`` otherwise). On CUDA,
+networks run under bf16 autocast; on the CPU in float32 unless bf16 is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from tumoraug.errors import ConfigError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` -> ``cuda:<LOCAL_RANK>``."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"unknown device {device!r}: expected auto, cpu or cuda ({exc})"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return resolved
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (when ``enabled``); a no-op context elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
