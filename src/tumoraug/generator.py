@@ -45,7 +45,7 @@ MODEL_TYPE = "tumor_generator"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "tumoraug.json"
 TOKENIZER_DIR = "tokenizer"
-GENERATOR_DIR = "generator"
+TRANSFORMER_DIR = "transformer"
 DEFAULT_STEPS = 12
 DEFAULT_GUIDANCE = 1.5
 
@@ -84,7 +84,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(
             f"{path}: missing; a tumoraug model folder holds {MANIFEST_NAME}, "
-            f"{TOKENIZER_DIR}/ and {GENERATOR_DIR}/"
+            f"{TOKENIZER_DIR}/ and {TRANSFORMER_DIR}/"
         )
     try:
         manifest = json.loads(path.read_text())
@@ -140,7 +140,7 @@ class TumorGenerator:
         root = resolve_pretrained(path_or_hub_id, revision=revision)
         _read_manifest(root)
         tokenizer_config = VQGAN3D.load_config(root / TOKENIZER_DIR)
-        generator_config = MaskedTransformer.load_config(root / GENERATOR_DIR)
+        generator_config = MaskedTransformer.load_config(root / TRANSFORMER_DIR)
         check_compatible(tokenizer_config, generator_config, str(root))
         generator = cls.__new__(cls)
         generator._device_request = str(device)
@@ -213,7 +213,7 @@ class TumorGenerator:
                 assert self._root is not None
                 tokenizer = VQGAN3D.from_pretrained(self._root / TOKENIZER_DIR, device=self._device)
                 transformer = transformer_class(self._generator_config).from_pretrained(
-                    self._root / GENERATOR_DIR, device=self._device
+                    self._root / TRANSFORMER_DIR, device=self._device
                 )
                 self._tokenizer, self._transformer = tokenizer, transformer
         return self
@@ -351,7 +351,7 @@ class TumorGenerator:
         directory = Path(directory)
         self.load()
         self._tokenizer.save_pretrained(directory / TOKENIZER_DIR)
-        self._transformer.save_pretrained(directory / GENERATOR_DIR)
+        self._transformer.save_pretrained(directory / TRANSFORMER_DIR)
         readme = directory / "README.md"
         if not readme.exists():
             atomic_write_text(readme, _model_card(self.roi_size, self.in_channels))
