@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tumoraug.masking import (
+from tumoraug.training.masking import (
     corrupt,
     cosine_schedule,
     dilate,

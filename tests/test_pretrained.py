@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import nibabel as nib
 import pytest
@@ -13,6 +15,10 @@ import tumoraug.pretrained as pretrained
 from tumoraug import TumorGenerator
 from tumoraug.cli import app
 from tumoraug.errors import CheckpointError
+from tumoraug.labels import to_label
+from tumoraug.sampling import SamplingConfig
+
+REFERENCE = Path(__file__).parent / "data" / "demo_samples_sha256.json"
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +28,7 @@ def demo() -> TumorGenerator:
 
 def test_demo_folder_is_complete_small_and_documented():
     folder = pretrained.demo_model_path()
-    for name in ("tumoraug.json", "tokenizer/config.json", "generator/model.safetensors"):
+    for name in ("tumoraug.json", "tokenizer/config.json", "transformer/model.safetensors"):
         assert (folder / name).is_file(), name
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size <= 25 * 2**20
@@ -31,14 +37,29 @@ def test_demo_folder_is_complete_small_and_documented():
 
 
 def test_demo_generates_both_grades_deterministically(demo):
-    first = demo.generate(["HGG", "LGG"], seed=[5, 6], steps=4)
-    again = demo.generate(["HGG", "LGG"], seed=[5, 6], steps=4)
+    first = demo.generate(["HGG", "LGG"], seed=[5, 6], sampling=SamplingConfig(steps=4))
+    again = demo.generate(["HGG", "LGG"], seed=[5, 6], sampling=SamplingConfig(steps=4))
     size = demo.roi_size
     assert first.shape == (2, demo.in_channels, size, size, size)
     assert first.dtype == torch.float32
     assert first.min() >= -1 and first.max() <= 1
     assert torch.equal(first, again)
     assert not torch.equal(first[0], first[1])
+
+
+def sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case", sorted(json.loads(REFERENCE.read_text())["samples"]))
+def test_demo_samples_are_those_of_the_release_before_the_re_layout(demo, case):
+    """Same weights, same default settings, same seeds: the same tokens and voxels."""
+    expected = json.loads(REFERENCE.read_text())["samples"][case]
+    grade = case.split("/")[0]
+    labels, seeds = [grade] * len(expected["seeds"]), expected["seeds"]
+    tokens = demo.generate_tokens([to_label(grade)] * len(seeds), seeds)
+    assert sha256(tokens.to(torch.int64)) == expected["tokens"]
+    assert sha256(demo.generate(labels, seed=seeds, batch_size=3)) == expected["volumes"]
 
 
 def test_generate_cli_defaults_to_the_demo(tmp_path):

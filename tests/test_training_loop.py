@@ -9,6 +9,7 @@ from torch import nn
 from tumoraug.checkpoint import PretrainedMixin
 from tumoraug.config import Config
 from tumoraug.errors import ConfigError
+from tumoraug.training.config import TrainConfig
 from tumoraug.training.loop import (
     StepOutput,
     TrainingTask,
@@ -82,7 +83,9 @@ def weights(task):
 
 def run(task, out, steps, **kw):
     options = {"batch_size": 4, "seed": 3, "device": "cpu", "checkpoint_every": 2}
-    return fit(task, toy_data(), out, max_steps=steps, progress=False, **(options | kw))
+    resume = kw.pop("resume", True)
+    train = TrainConfig(steps=steps, **(options | kw))
+    return fit(task, toy_data(), out, train, resume=resume, progress=False)
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
@@ -153,7 +156,7 @@ def iter_n(iterator, n):
 def test_bad_options_raise_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="needs at least 40 items"):
         run(ToyTask(), tmp_path, 1, batch_size=40)
-    with pytest.raises(ConfigError, match=r"fit\.grad_accum_steps"):
+    with pytest.raises(ConfigError, match=r"TrainConfig\.grad_accum_steps"):
         run(ToyTask(), tmp_path, 1, grad_accum_steps=0)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):

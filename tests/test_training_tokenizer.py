@@ -14,8 +14,14 @@ from torch import nn
 from tumoraug.config import TokenizerConfig
 from tumoraug.errors import ConfigError
 from tumoraug.models.vqgan import VQGAN3D
+from tumoraug.training.config import TrainConfig
 from tumoraug.training.loop import fit
-from tumoraug.training.tokenizer import TokenizerTask, collate_rois, train_tokenizer
+from tumoraug.training.tokenizer import (
+    TokenizerRecipe,
+    TokenizerTask,
+    collate_rois,
+    train_tokenizer,
+)
 
 TESTS = Path(__file__).parent
 
@@ -43,6 +49,14 @@ def tiny(**overrides):
     return TokenizerConfig.preset("tiny", **overrides)
 
 
+def recipe(**overrides):
+    return TokenizerRecipe.preset("tiny", **overrides)
+
+
+def train(**overrides):
+    return TrainConfig.preset("tokenizer", device="cpu", **overrides)
+
+
 class RandomFeatures(nn.Module):
     """A stand-in for user-supplied perceptual weights: two random conv layers."""
 
@@ -57,11 +71,12 @@ class RandomFeatures(nn.Module):
 
 
 def test_train_tokenizer_writes_model_metrics_and_montages(tmp_path):
-    config = tiny(disc_start=1, restart_every=2, perceptual_weight=0.1)
+    config = tiny()
     result = train_tokenizer(
-        config, make_items(), tmp_path, max_steps=3, batch_size=2, device="cpu", seed=0,
-        log_every=1, image_every=2, checkpoint_every=2, perceptual_net=RandomFeatures(),
-        progress=False,
+        config, make_items(), tmp_path,
+        train(steps=3, batch_size=2, log_every=1, image_every=2, checkpoint_every=2),
+        recipe(disc_start=1, restart_every=2, perceptual_weight=0.1),
+        perceptual_net=RandomFeatures(), progress=False,
     )  # fmt: skip
     assert result.step == 3
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -78,9 +93,11 @@ def test_train_tokenizer_writes_model_metrics_and_montages(tmp_path):
 
 def test_perceptual_weight_needs_a_network_and_roi_size_must_match(tmp_path):
     with pytest.raises(ConfigError, match="perceptual_net"):
-        train_tokenizer(tiny(perceptual_weight=1.0), make_items(), tmp_path, max_steps=1)
+        train_tokenizer(
+            tiny(), make_items(), tmp_path, train(steps=1), recipe(perceptual_weight=1.0)
+        )
     with pytest.raises(ConfigError, match=r"\(1, 32, 32, 32\).*\(1, 16, 16, 16\)"):
-        train_tokenizer(tiny(roi_size=32), make_items(), tmp_path, max_steps=1)
+        train_tokenizer(tiny(roi_size=32), make_items(), tmp_path, train(steps=1))
 
 
 def checkpoint_weights(directory):
@@ -91,11 +108,11 @@ def checkpoint_weights(directory):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    config = tiny(disc_start=1, restart_every=2)
-    options = dict(batch_size=2, device="cpu", seed=4, checkpoint_every=1, progress=False)
-    train_tokenizer(config, make_items(), tmp_path / "full", max_steps=4, **options)
-    train_tokenizer(config, make_items(), tmp_path / "cut", max_steps=2, **options)
-    train_tokenizer(config, make_items(), tmp_path / "cut", max_steps=4, **options)
+    config, rec = tiny(), recipe(disc_start=1, restart_every=2)
+    options = dict(batch_size=2, seed=4, checkpoint_every=1)
+    for out, steps in (("full", 4), ("cut", 2), ("cut", 4)):
+        run = train(steps=steps, **options)
+        train_tokenizer(config, make_items(), tmp_path / out, run, rec, progress=False)
     full = checkpoint_weights(tmp_path / "full" / "checkpoints" / "step_00000004")
     cut = checkpoint_weights(tmp_path / "cut" / "checkpoints" / "step_00000004")
     for module in full:
@@ -107,7 +124,7 @@ class GradRecorder(TokenizerTask):
     """Saves the tokenizer's gradients after each step (rank 0) for the DDP comparison."""
 
     def __init__(self, model, out):
-        super().__init__(model, lr=1e-3)
+        super().__init__(model, recipe(restart_every=0), lr=1e-3)
         self.out = Path(out)
 
     def after_step(self, ctx):
@@ -120,9 +137,9 @@ class GradRecorder(TokenizerTask):
 def run_recorder(out, batch_size):
     torch.manual_seed(0)
     Path(out).mkdir(parents=True, exist_ok=True)
-    task = GradRecorder(VQGAN3D(tiny(restart_every=0)), out)
-    options = dict(device="cpu", progress=False, collate_fn=collate_rois)
-    fit(task, make_items(), out, max_steps=2, batch_size=batch_size, **options)
+    task = GradRecorder(VQGAN3D(tiny()), out)
+    run = train(steps=2, batch_size=batch_size)
+    fit(task, make_items(), out, run, progress=False, collate_fn=collate_rois)
 
 
 DDP_SCRIPT = """
@@ -153,7 +170,7 @@ def test_ddp_two_cpu_processes_match_single_process_gradients(tmp_path):
     # Only rank 0 wrote: one metrics line for the last step, one loadable model.
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2]
-    assert VQGAN3D.from_pretrained(tmp_path / "ddp" / "tokenizer").config == tiny(restart_every=0)
+    assert VQGAN3D.from_pretrained(tmp_path / "ddp" / "tokenizer").config == tiny()
 
 
 def test_cli_train_tokenizer_on_a_phantom_cache(tmp_path):

@@ -79,10 +79,8 @@ def baseline(**overrides) -> PerClassTransformer:
 def test_baseline_config_switch_builds_one_unconditional_network_per_grade():
     model = baseline()
     assert isinstance(model, PerClassTransformer) and len(model.members) == 2
-    assert model.config.masking == "random" and model.config.class_dropout == 0.0
+    assert model.config.conditioning == "per_class"
     assert isinstance(build_transformer(TransformerConfig.preset("tiny")), MaskedTransformer)
-    with pytest.raises(ConfigError, match="class_dropout"):
-        TransformerConfig.preset("tiny", conditioning="per_class")
     with pytest.raises(ConfigError, match="PerClassTransformer"):
         MaskedTransformer(model.config)
     with pytest.raises(ConfigError, match="conditioning"):

@@ -25,9 +25,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tumoraug import __version__
 from tumoraug.config import Config
 from tumoraug.errors import CheckpointError, ConfigError
+from tumoraug.version import __version__
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"

@@ -99,12 +99,15 @@ def check(condition: bool, owner: str, field: str, expected: str, value: Any) ->
 
 @dataclasses.dataclass
 class TransformerConfig(Config):
-    """Stage 2: the class-conditional masked transformer and its hybrid importance masking.
+    """Stage 2 (`tumoraug.models.transformer`): the class-conditional masked transformer.
 
-    ``codebook_size`` and ``token_grid`` must match the tokenizer; `train_generator` fills
-    them from the tokenizer's config. The vocabulary is the codebook plus one ``[MASK]`` id
-    (``mask_id == codebook_size``); the class embedding has ``num_classes`` grades plus one
-    null class (index ``num_classes``) used by classifier-free guidance.
+    Architecture only: how it is trained (masking, class dropout) is the
+    `tumoraug.training.transformer.TransformerRecipe`. ``codebook_size`` and ``token_grid``
+    must match the tokenizer; `train_transformer` fills them from the tokenizer. The
+    vocabulary is the codebook plus one ``[MASK]`` id (``mask_id == codebook_size``); the
+    class embedding has ``num_classes`` grades plus one null class (index ``num_classes``)
+    used by classifier-free guidance. ``conditioning="per_class"`` builds the paper's
+    3D-VQGAN baseline (one unconditional network per grade).
     """
 
     codebook_size: int = 1024
@@ -116,12 +119,6 @@ class TransformerConfig(Config):
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     pos_embedding: str = "factorized"
-    masking: str = "hybrid"
-    topk_ratio: float = 0.25
-    neighbor_radius: int = 1
-    random_replace_ratio: float = 0.1
-    random_mask: float = 0.5
-    class_dropout: float = 0.1
     conditioning: str = "class"
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -130,9 +127,9 @@ class TransformerConfig(Config):
     }
 
     def baseline(self) -> TransformerConfig:
-        """This config as the paper's 3D-VQGAN baseline: one unconditional network per grade,
-        trained with plain MaskGIT random masking (no importance masking, no guidance)."""
-        return self.replace(conditioning="per_class", masking="random", class_dropout=0.0)
+        """This architecture as the paper's 3D-VQGAN baseline: one unconditional network per
+        grade (train it with `TransformerRecipe.baseline`: plain MaskGIT masking)."""
+        return self.replace(conditioning="per_class")
 
     @property
     def mask_id(self) -> int:
@@ -185,41 +182,23 @@ class TransformerConfig(Config):
             self.pos_embedding,
         )
         check(
-            self.masking in ("hybrid", "random"),
-            name,
-            "masking",
-            "'hybrid' or 'random'",
-            self.masking,
-        )
-        for field in ("topk_ratio", "random_replace_ratio", "random_mask", "class_dropout"):
-            value = getattr(self, field)
-            check(0 <= value <= 1, name, field, "a number in [0, 1]", value)
-        check(
-            self.neighbor_radius >= 0, name, "neighbor_radius", "an int >= 0", self.neighbor_radius
-        )
-        check(
             self.conditioning in ("class", "per_class"),
             name,
             "conditioning",
             "'class' (one class-conditioned network) or 'per_class' (baseline)",
             self.conditioning,
         )
-        check(
-            self.conditioning == "class" or self.class_dropout == 0,
-            name,
-            "class_dropout",
-            "0 with conditioning='per_class' (the baseline has no unconditional model)",
-            self.class_dropout,
-        )
 
 
 @dataclasses.dataclass
 class TokenizerConfig(Config):
-    """Stage 1 (`tumoraug.models.vqgan.VQGAN3D`): architecture, codebook and loss weights.
+    """Stage 1 (`tumoraug.models.vqgan.VQGAN3D`): architecture and codebook only.
 
-    The encoder halves the ROI once per entry of ``channel_mult`` after the first, so the
-    token grid is ``roi_size / 2**(len(channel_mult) - 1)`` per axis. Widths of the
-    ``brats128`` preset and why: see ``docs/tokenizer.md``.
+    How it is trained (loss weights, discriminator, codebook restarts) is the
+    `tumoraug.training.tokenizer.TokenizerRecipe`. The encoder halves the ROI once per
+    entry of ``channel_mult`` after the first, so the token grid is
+    ``roi_size / 2**(len(channel_mult) - 1)`` per axis. Widths of the ``brats128`` preset
+    and why: see ``docs/tokenizer.md``.
     """
 
     in_channels: int = 1
@@ -232,19 +211,8 @@ class TokenizerConfig(Config):
     norm_groups: int = 8
     embed_dim: int = 16
     codebook_size: int = 1024
-    commitment_beta: float = 0.25
-    restart_every: int = 100
     importance_hidden: int = 32
     coarse_pool: int = 2
-    importance_budget: float = 0.25
-    importance_weight: float = 1.0
-    importance_tumor_weight: float = 0.1
-    recon_weight: float = 1.0
-    perceptual_weight: float = 0.0
-    disc_channels: int = 32
-    disc_layers: int = 3
-    disc_weight: float = 0.5
-    disc_start: int = 10000
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "brats128": {},
@@ -258,11 +226,7 @@ class TokenizerConfig(Config):
             "norm_groups": 4,
             "embed_dim": 4,
             "codebook_size": 64,
-            "restart_every": 50,
             "importance_hidden": 8,
-            "disc_channels": 4,
-            "disc_layers": 2,
-            "disc_start": 1000,
         },
     }
 
@@ -281,7 +245,7 @@ class TokenizerConfig(Config):
         name = "TokenizerConfig"
         positive = (
             "in_channels", "roi_size", "base_channels", "num_res_blocks", "norm_groups",
-            "embed_dim", "importance_hidden", "coarse_pool", "disc_channels", "disc_layers",
+            "embed_dim", "importance_hidden", "coarse_pool",
         )  # fmt: skip
         for field in positive:
             value = getattr(self, field)
@@ -298,14 +262,7 @@ class TokenizerConfig(Config):
             f"{self.downsample_factor * self.coarse_pool}",
             self.roi_size,
         )  # fmt: skip
-        check(0 < self.importance_budget < 1, name, "importance_budget", "in (0, 1)",
-              self.importance_budget)  # fmt: skip
-        for field in ("num_mid_blocks", "restart_every", "disc_start"):
-            value = getattr(self, field)
-            check(isinstance(value, int) and value >= 0, name, field, "an int >= 0", value)
-        for field in (
-            "commitment_beta", "importance_weight", "importance_tumor_weight", "recon_weight",
-            "perceptual_weight", "disc_weight",
-        ):  # fmt: skip
-            value = getattr(self, field)
-            check(value >= 0, name, field, "a number >= 0", value)
+        check(
+            isinstance(self.num_mid_blocks, int) and self.num_mid_blocks >= 0,
+            name, "num_mid_blocks", "an int >= 0", self.num_mid_blocks,
+        )  # fmt: skip

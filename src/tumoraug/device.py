@@ -39,3 +39,19 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def environment_report() -> list[str]:
+    """One line each: tumoraug, Python, torch (and whether CUDA is there), TorchIO."""
+    import platform
+
+    import torchio
+
+    from tumoraug.version import __version__
+
+    return [
+        f"tumoraug {__version__}",
+        f"python {platform.python_version()}",
+        f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()})",
+        f"torchio {torchio.__version__}",
+    ]

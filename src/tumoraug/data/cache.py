@@ -34,13 +34,14 @@ import torchio as tio
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from tumoraug import __version__
 from tumoraug.checkpoint import atomic_path, atomic_write_json, sha256_file
 from tumoraug.data.brats import SubjectRecord, check_modalities, load_subject, scan_subjects
 from tumoraug.data.items import make_roi_subject
 from tumoraug.data.roi import ROIWarning, extract_roi
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.labels import to_grade
+from tumoraug.progress import progress_bar
+from tumoraug.version import __version__
 
 CACHE_FORMAT = "tumoraug-roi-cache"
 CACHE_VERSION = 1
@@ -65,6 +66,10 @@ class PreprocessReport:
     def total(self) -> int:
         """Number of subjects in the cache after the run."""
         return len(self.processed) + len(self.skipped)
+
+    def problems(self) -> list[tuple[str, str, str]]:
+        """``("warning" | "failed", subject id, message)`` of every warning, then every failure."""
+        return [("warning", *w) for w in self.warnings] + [("failed", *f) for f in self.failed]
 
     def summary(self) -> str:
         """One line: counts and time."""
@@ -177,32 +182,6 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
-class _Progress:
-    """A rich progress bar on stderr, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, completed: int = 0) -> None:
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.bar = Progress(console=Console(stderr=True), transient=False)
-            self.task = self.bar.add_task("preprocessing", total=total, completed=completed)
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def preprocess(
     brats_dir: str | Path,
     out_dir: str | Path,
@@ -283,7 +262,9 @@ def preprocess(
 
     workers = min(workers, len(todo))
     if workers <= 1:
-        with _Progress(progress, len(records), len(records) - len(todo)) as bar:
+        with progress_bar(
+            "preprocessing", len(records), enabled=progress, completed=len(records) - len(todo)
+        ) as bar:
             for task in todo:
                 done(task[0].subject_id, _work(task))
     else:
@@ -291,7 +272,12 @@ def preprocess(
         with _pool(workers) as pool:
             pending = {pool.submit(_work, t): t[0].subject_id for t in todo}
             try:
-                with _Progress(progress, len(records), len(records) - len(todo)) as bar:
+                with progress_bar(
+                    "preprocessing",
+                    len(records),
+                    enabled=progress,
+                    completed=len(records) - len(todo),
+                ) as bar:
                     while pending:
                         finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                         for future in finished:

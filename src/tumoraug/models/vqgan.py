@@ -17,9 +17,9 @@ Two choices that differ from the 2D Taming VQGAN (reasons in ``docs/tokenizer.md
   outputs.
 * the decoder sees ``s * z_q + (1 - s) * z_coarse``, where ``s`` is the importance score
   of each token, computed from the quantized latent by `ImportanceHead`, and ``z_coarse`` is
-  ``z_q`` average-pooled over ``coarse_pool``³ tokens and upsampled back. A budget loss keeps
-  the mean score near ``importance_budget``, so the decoder can only afford exact codes where
-  they matter most for reconstruction: that is what the score measures.
+  ``z_q`` average-pooled over ``coarse_pool``³ tokens and upsampled back. A budget loss of
+  the training recipe keeps the mean score near its budget, so the decoder can only afford
+  exact codes where they matter most for reconstruction: that is what the score measures.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ class QuantizerOutput:
 
     z_q: torch.Tensor  # (B, D, d, h, w) unit-norm codes, straight-through gradient to z_e
     tokens: torch.Tensor  # (B, d, h, w) code indices
-    loss: torch.Tensor  # codebook loss + beta * commitment loss (scalar)
+    codebook_loss: torch.Tensor  # ||sg(z) - e||², moves the codes (scalar)
+    commitment_loss: torch.Tensor  # ||z - sg(e)||², keeps the encoder near its codes
     perplexity: torch.Tensor  # exp(entropy) of the batch's code histogram
     fraction_used: torch.Tensor  # share of the codebook used by this batch
 
@@ -182,17 +183,17 @@ class VectorQuantizer(nn.Module):
     """Nearest-code lookup in an l2-normalised codebook with a straight-through estimator.
 
     Latents and codes are both projected to the unit sphere and matched by cosine
-    similarity. The loss is ``||sg(z) - e||² + beta * ||z - sg(e)||²`` (codebook and
-    commitment terms, VQ-VAE). During training the number of times each code was picked
+    similarity. The forward pass returns the codebook term ``||sg(z) - e||²`` and the
+    commitment term ``||z - sg(e)||²`` of VQ-VAE separately (their weights are part of the
+    training recipe). During training the number of times each code was picked
     is accumulated in the ``usage`` buffer (saved with the weights, so resume is exact);
     `restart_dead_codes` replaces codes never picked since the last restart by encoder
     outputs, so that the codebook stays in use.
     """
 
-    def __init__(self, codebook_size: int, dim: int, beta: float) -> None:
+    def __init__(self, codebook_size: int, dim: int) -> None:
         super().__init__()
         self.codebook_size = codebook_size
-        self.beta = beta
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
         self.register_buffer("usage", torch.zeros(codebook_size))
 
@@ -225,7 +226,8 @@ class VectorQuantizer(nn.Module):
             codes = self.normalized_codebook()
             indices = (z @ codes.t()).argmax(dim=1)
             e = codes[indices]
-            loss = F.mse_loss(e, z.detach()) + self.beta * F.mse_loss(z, e.detach())
+            codebook_loss = F.mse_loss(e, z.detach())
+            commitment_loss = F.mse_loss(z, e.detach())
             z_q = z + (e - z).detach()
             counts = torch.zeros(self.codebook_size, device=z.device).index_add_(
                 0, indices, torch.ones_like(z[:, 0])
@@ -238,7 +240,8 @@ class VectorQuantizer(nn.Module):
         return QuantizerOutput(
             z_q=z_q.reshape(b, d, h, w, dim).permute(0, 4, 1, 2, 3),
             tokens=indices.reshape(b, d, h, w),
-            loss=loss,
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss,
             perplexity=perplexity,
             fraction_used=fraction_used,
         )
@@ -266,16 +269,20 @@ class VectorQuantizer(nn.Module):
 class ImportanceHead(nn.Module):
     """Quantized latent ``(B, D, d, h, w)`` -> one score in (0, 1) per token ``(B, d, h, w)``.
 
-    Two 3³ convolutions see each token with its neighbours; the output bias starts at
-    ``logit(budget)`` so that training starts at the budget rather than at 0.5.
+    Two 3³ convolutions see each token with its neighbours. `start_at` sets the output
+    bias so that scores start near a chosen mean (the training recipe's budget).
     """
 
-    def __init__(self, dim: int, hidden: int, budget: float) -> None:
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(dim, hidden, 3, padding=1)
         self.conv2 = nn.Conv3d(hidden, hidden, 3, padding=1)
         self.out = nn.Conv3d(hidden, 1, 1)
-        nn.init.constant_(self.out.bias, math.log(budget / (1.0 - budget)))
+
+    @torch.no_grad()
+    def start_at(self, mean_score: float) -> None:
+        """Set the output bias to ``logit(mean_score)``, so an untrained head scores about that."""
+        self.out.bias.fill_(math.log(mean_score / (1.0 - mean_score)))
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.conv2(F.silu(self.conv1(z_q))))
@@ -315,7 +322,8 @@ class VQGANOutput:
     tokens: torch.Tensor  # (B, d, h, w)
     importance: torch.Tensor  # (B, d, h, w) in (0, 1)
     z_e: torch.Tensor  # (B, D, d, h, w) encoder output (for dead-code restarts)
-    quant_loss: torch.Tensor  # codebook + commitment
+    codebook_loss: torch.Tensor  # moves the codes towards the encoder outputs
+    commitment_loss: torch.Tensor  # keeps the encoder outputs near their codes
     perplexity: torch.Tensor
     fraction_used: torch.Tensor
 
@@ -334,12 +342,8 @@ class VQGAN3D(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Encoder3D(config)
-        self.quantizer = VectorQuantizer(
-            config.codebook_size, config.embed_dim, config.commitment_beta
-        )
-        self.importance_head = ImportanceHead(
-            config.embed_dim, config.importance_hidden, config.importance_budget
-        )
+        self.quantizer = VectorQuantizer(config.codebook_size, config.embed_dim)
+        self.importance_head = ImportanceHead(config.embed_dim, config.importance_hidden)
         self.decoder = Decoder3D(config)
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -370,7 +374,8 @@ class VQGAN3D(PretrainedMixin, nn.Module):
             tokens=q.tokens,
             importance=s,
             z_e=z_e,
-            quant_loss=q.loss,
+            codebook_loss=q.codebook_loss,
+            commitment_loss=q.commitment_loss,
             perplexity=q.perplexity,
             fraction_used=q.fraction_used,
         )

@@ -1,13 +1,14 @@
 """Training of the stage-1 tokenizer (`VQGAN3D` + `PatchDiscriminator3D`).
 
-`train_tokenizer` builds the models from a `TokenizerConfig`, wraps them in a
-`TokenizerTask` and hands it to the shared engine `tumoraug.training.loop.fit`, which does
-devices, mixed precision, accumulation, checkpoints, resume, DDP and logging.
+`train_tokenizer` builds the tokenizer from a `TokenizerConfig` (architecture), the
+discriminator and the losses from a `TokenizerRecipe`, wraps them in a `TokenizerTask` and
+hands it to the shared engine `tumoraug.training.loop.fit` with a `TrainConfig`; the engine
+does devices, mixed precision, accumulation, checkpoints, resume, DDP and logging.
 
-The loss of one batch ``x`` (ROIs) with tumor masks ``m``::
+The loss of one batch ``x`` (ROIs) with tumor masks ``m`` (the weights are recipe fields)::
 
     nll    = recon_weight * |x - x_rec|_1 + perceptual_weight * P(x, x_rec)
-    L_vq   = nll + codebook/commitment
+    L_vq   = nll + codebook + commitment_beta * commitment
            + importance_weight * mean_b (mean(s_b) - importance_budget)²
            + importance_tumor_weight * mean (s - tumor fraction per token)²
            + [step >= disc_start] * lambda * (-mean D(x_rec))
@@ -22,9 +23,10 @@ outputs, and the share of the codebook used in that window is logged as ``codebo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tumoraug.config import TokenizerConfig
+from tumoraug.config import Config, TokenizerConfig, check
 from tumoraug.data import subject_tensors
 from tumoraug.errors import ConfigError
 from tumoraug.models.discriminator import (
@@ -42,8 +44,64 @@ from tumoraug.models.discriminator import (
     hinge_d_loss,
 )
 from tumoraug.models.vqgan import VQGAN3D
+from tumoraug.training.config import TrainConfig
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
 from tumoraug.viz import save_montage
+
+
+@dataclasses.dataclass
+class TokenizerRecipe(Config):
+    """How stage 1 is trained: loss weights, importance budget, discriminator, restarts.
+
+    See the module docstring for the loss; ``disc_channels``/``disc_layers`` build the
+    `PatchDiscriminator3D` (a training-only network: it is not saved with the tokenizer),
+    which joins at step ``disc_start``; every ``restart_every`` steps unused codes are moved
+    onto encoder outputs. Presets match the `TokenizerConfig` presets by name.
+    """
+
+    commitment_beta: float = 0.25
+    restart_every: int = 100
+    importance_budget: float = 0.25
+    importance_weight: float = 1.0
+    importance_tumor_weight: float = 0.1
+    recon_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    disc_channels: int = 32
+    disc_layers: int = 3
+    disc_weight: float = 0.5
+    disc_start: int = 10000
+    betas: tuple[float, float] = (0.5, 0.9)
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "brats128": {},
+        "tiny": {"restart_every": 50, "disc_channels": 4, "disc_layers": 2, "disc_start": 1000},
+    }
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        for field in ("disc_channels", "disc_layers"):
+            value = getattr(self, field)
+            check(isinstance(value, int) and value > 0, name, field, "a positive int", value)
+        for field in ("restart_every", "disc_start"):
+            value = getattr(self, field)
+            check(isinstance(value, int) and value >= 0, name, field, "an int >= 0", value)
+        check(0 < self.importance_budget < 1, name, "importance_budget", "in (0, 1)",
+              self.importance_budget)  # fmt: skip
+        for field in (
+            "commitment_beta", "importance_weight", "importance_tumor_weight", "recon_weight",
+            "perceptual_weight", "disc_weight",
+        ):  # fmt: skip
+            value = getattr(self, field)
+            check(value >= 0, name, field, "a number >= 0", value)
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            name, "betas", "two numbers in [0, 1)", self.betas,
+        )  # fmt: skip
+
+    @classmethod
+    def for_preset(cls, name: str) -> TokenizerRecipe:
+        """The recipe preset of that name, or the default recipe for other architectures."""
+        return cls.preset(name) if name in cls.presets else cls()
 
 
 def collate_rois(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,65 +144,74 @@ class TokenizerTask(TrainingTask):
     def __init__(
         self,
         model: VQGAN3D,
+        recipe: TokenizerRecipe,
         *,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.5, 0.9),
+        lr: float,
         perceptual_net: nn.Module | None = None,
     ) -> None:
         self.model = model
         self.config = model.config
-        self.lr, self.betas = lr, betas
-        c = self.config
-        self.discriminator = PatchDiscriminator3D(c.in_channels, c.disc_channels, c.disc_layers)
-        if c.perceptual_weight > 0 and perceptual_net is None:
+        self.recipe = recipe
+        self.lr = lr
+        r = recipe
+        model.importance_head.start_at(r.importance_budget)
+        self.discriminator = PatchDiscriminator3D(
+            model.config.in_channels, r.disc_channels, r.disc_layers
+        )
+        if r.perceptual_weight > 0 and perceptual_net is None:
             raise ConfigError(
-                "TokenizerConfig.perceptual_weight: > 0 needs a perceptual_net (a feature "
+                "TokenizerRecipe.perceptual_weight: > 0 needs a perceptual_net (a feature "
                 "network with your own weights); none can be downloaded"
             )
         self.perceptual = PerceptualLoss(perceptual_net) if perceptual_net is not None else None
         self._last_z_e: torch.Tensor | None = None
 
+    def describe(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "recipe": self.recipe.to_dict()}
+
     def modules(self) -> dict[str, nn.Module]:
         modules: dict[str, nn.Module] = {"tokenizer": self.model}
-        if self.config.disc_weight > 0:
+        if self.recipe.disc_weight > 0:
             modules["discriminator"] = self.discriminator
         return modules
 
     def configure_optimizers(self, modules: dict[str, nn.Module]) -> dict[str, Any]:
+        betas = tuple(self.recipe.betas)
         optimizers = {
-            "tokenizer": torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=self.betas)
+            "tokenizer": torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=betas)
         }
         if "discriminator" in modules:
             optimizers["discriminator"] = torch.optim.Adam(
-                self.discriminator.parameters(), lr=self.lr, betas=self.betas
+                self.discriminator.parameters(), lr=self.lr, betas=betas
             )
         return optimizers
 
     def training_step(self, batch: Any, ctx: StepContext) -> StepOutput:
-        c = self.config
+        c, r = self.config, self.recipe
         image, seg, _ = batch
         out = ctx.modules["tokenizer"](image)
         rec = out.reconstruction
         l1 = (image - rec.float()).abs().mean()
-        nll = c.recon_weight * l1
-        metrics: dict[str, Any] = {"l1": l1, "quant": out.quant_loss}
-        if self.perceptual is not None and c.perceptual_weight > 0:
+        nll = r.recon_weight * l1
+        quant = out.codebook_loss + r.commitment_beta * out.commitment_loss
+        metrics: dict[str, Any] = {"l1": l1, "quant": quant}
+        if self.perceptual is not None and r.perceptual_weight > 0:
             perceptual = self.perceptual.to(image.device)(image, rec)
-            nll = nll + c.perceptual_weight * perceptual
+            nll = nll + r.perceptual_weight * perceptual
             metrics["perceptual"] = perceptual
         s = out.importance.float()
-        budget = (s.mean(dim=(1, 2, 3)) - c.importance_budget).pow(2).mean()
-        loss = nll + out.quant_loss + c.importance_weight * budget
+        budget = (s.mean(dim=(1, 2, 3)) - r.importance_budget).pow(2).mean()
+        loss = nll + quant + r.importance_weight * budget
         metrics |= {"budget": budget, "importance_mean": s.mean()}
-        if c.importance_tumor_weight > 0:
+        if r.importance_tumor_weight > 0:
             fraction = F.avg_pool3d((seg > 0).float(), c.downsample_factor).squeeze(1)
             align = (s - fraction).pow(2).mean()
-            loss = loss + c.importance_tumor_weight * align
+            loss = loss + r.importance_tumor_weight * align
             metrics["align"] = align
         losses = {"tokenizer": loss}
-        if "discriminator" in ctx.modules and ctx.step >= c.disc_start:
+        if "discriminator" in ctx.modules and ctx.step >= r.disc_start:
             g_loss = generator_loss(self.discriminator(rec))
-            weight = adaptive_weight(nll, g_loss, self.model.last_layer, c.disc_weight)
+            weight = adaptive_weight(nll, g_loss, self.model.last_layer, r.disc_weight)
             losses["tokenizer"] = loss + weight * g_loss
             logits = ctx.modules["discriminator"](torch.cat([image, rec.detach()]))
             real, fake = logits.chunk(2)
@@ -155,7 +222,7 @@ class TokenizerTask(TrainingTask):
         return StepOutput(losses, metrics)
 
     def after_step(self, ctx: StepContext) -> dict[str, float]:
-        every = self.config.restart_every
+        every = self.recipe.restart_every
         if not every or (ctx.step + 1) % every or self._last_z_e is None:
             return {}
         quantizer = self.model.quantizer
@@ -163,7 +230,7 @@ class TokenizerTask(TrainingTask):
             quantizer.usage.device
         )
         if ctx.is_main:
-            stats[1] = quantizer.restart_dead_codes(self._last_z_e, ctx.generator(salt=1))
+            stats[1] = quantizer.restart_dead_codes(self._last_z_e, ctx.rng(salt=1))
         if ctx.world_size > 1:
             dist.broadcast(quantizer.codebook.data, 0)
             dist.broadcast(quantizer.usage, 0)
@@ -182,36 +249,27 @@ def train_tokenizer(
     config: TokenizerConfig | str,
     data: Dataset | str | Path,
     output_dir: str | Path,
+    train: TrainConfig | None = None,
+    recipe: TokenizerRecipe | None = None,
     *,
-    max_steps: int = 1000,
-    batch_size: int = 2,
-    lr: float = 1e-4,
-    device: str | torch.device = "auto",
-    seed: int = 0,
     resume: bool = True,
-    grad_accum_steps: int = 1,
-    gradient_checkpointing: bool = False,
-    mixed_precision: bool = True,
-    checkpoint_every: int = 500,
-    log_every: int = 10,
-    image_every: int = 100,
-    num_workers: int = 0,
-    max_grad_norm: float | None = None,
-    warmup_steps: int = 0,
     perceptual_net: nn.Module | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Train a `VQGAN3D` on ROIs; the final model is written to ``output_dir/tokenizer``.
 
-    ``config`` is a `TokenizerConfig` or a preset name; ``data`` an ``ROIDataset``, a cache
-    folder, or any dataset whose items `tumoraug.data.subject_tensors` understands. The
-    model is initialised from ``seed``; with ``resume`` the newest checkpoint in
-    ``output_dir/checkpoints`` is continued exactly. The other options are those of
-    `tumoraug.training.loop.fit`. Load the result with
-    ``VQGAN3D.from_pretrained(output_dir / "tokenizer")``.
+    ``config`` is a `TokenizerConfig` or a preset name (which also picks the recipe preset
+    of that name when ``recipe`` is None); ``data`` an ``ROIDataset``, a cache folder, or
+    any dataset whose items `tumoraug.data.subject_tensors` understands; ``train`` defaults
+    to ``TrainConfig.preset("tokenizer")``. The model is initialised from ``train.seed``;
+    with ``resume`` the newest checkpoint in ``output_dir/checkpoints`` is continued exactly.
+    Load the result with ``VQGAN3D.from_pretrained(output_dir / "tokenizer")``.
     """
     if isinstance(config, str):
+        recipe = recipe or TokenizerRecipe.for_preset(config)
         config = TokenizerConfig.preset(config)
+    recipe = recipe or TokenizerRecipe()
+    train = train or TrainConfig.preset("tokenizer")
     if isinstance(data, str | Path):
         from tumoraug.data import ROIDataset
 
@@ -223,26 +281,37 @@ def train_tokenizer(
             f"TokenizerConfig: expects ROIs of shape {expected} (in_channels, roi_size³), the "
             f"data has {tuple(image.shape[1:])}; set roi_size / in_channels (CLI: --roi-size)"
         )
-    torch.manual_seed(seed)
-    task = TokenizerTask(VQGAN3D(config), lr=lr, perceptual_net=perceptual_net)
+    torch.manual_seed(train.seed)
+    task = TokenizerTask(VQGAN3D(config), recipe, lr=train.lr, perceptual_net=perceptual_net)
     return fit(
-        task,
-        data,
-        output_dir,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        grad_accum_steps=grad_accum_steps,
-        max_grad_norm=max_grad_norm,
-        warmup_steps=warmup_steps,
-        mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing,
-        checkpoint_every=checkpoint_every,
-        log_every=log_every,
-        image_every=image_every,
-        resume=resume,
-        num_workers=num_workers,
-        collate_fn=collate_rois,
-        progress=progress,
+        task, data, output_dir, train, resume=resume, collate_fn=collate_rois, progress=progress
+    )
+
+
+def run_tokenizer_training(
+    cache_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    preset: str = "brats128",
+    config_file: str | Path | None = None,
+    roi_size: int | None = None,
+    train: dict[str, Any] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> FitResult:
+    """`train_tokenizer` from a preset (or a config file) and `TrainConfig` overrides.
+
+    The architecture is the ``preset`` (or ``config_file``) with ``roi_size`` applied, the
+    recipe the preset's, the training options ``TrainConfig.preset("tokenizer")`` with
+    ``train`` applied: what ``tumoraug train-tokenizer`` runs.
+    """
+    config = (
+        TokenizerConfig.from_json(config_file) if config_file else TokenizerConfig.preset(preset)
+    )
+    if roi_size is not None:
+        config = config.replace(roi_size=roi_size)
+    run = TrainConfig.preset("tokenizer", **(train or {}))
+    recipe = TokenizerRecipe.for_preset(preset)
+    return train_tokenizer(
+        config, cache_dir, output_dir, run, recipe, resume=resume, progress=progress
     )

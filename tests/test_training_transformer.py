@@ -8,17 +8,19 @@ import pytest
 import torch
 
 from tumoraug import TumorGenerator
-from tumoraug.config import TransformerConfig, TokenizerConfig
+from tumoraug.config import TokenizerConfig, TransformerConfig
 from tumoraug.errors import ConfigError, DataError
-from tumoraug.models.transformer import MaskedTransformer
+from tumoraug.models.transformer import MaskedTransformer, build_transformer
 from tumoraug.models.vqgan import VQGAN3D
-from tumoraug.training.generator import (
-    GeneratorTask,
-    TokenCorpus,
-    encode_corpus,
-    train_generator,
-)
+from tumoraug.sampling import SamplingConfig
+from tumoraug.training.config import TrainConfig
+from tumoraug.training.corpus import TokenCorpus, encode_corpus
 from tumoraug.training.loop import StepContext
+from tumoraug.training.transformer import (
+    TransformerRecipe,
+    TransformerTask,
+    train_transformer,
+)
 
 TINY = dict(dim=32, depth=1, heads=4)
 
@@ -36,6 +38,14 @@ class ROIs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.images[i], i % 2
+
+
+def run_recipe(run_dir):
+    """The recipe a run was trained with, from its newest checkpoint's training state."""
+    from tumoraug.checkpoint import load_state
+    from tumoraug.training.checkpoints import latest_checkpoint
+
+    return load_state(latest_checkpoint(run_dir))["run"]["recipe"]
 
 
 def random_corpus(n: int = 8, grid=(4, 4, 4), codebook: int = 64) -> TokenCorpus:
@@ -78,32 +88,35 @@ def test_encode_corpus_shapes_and_reuse(tmp_path, monkeypatch):
 
 
 def context(step: int = 0, model=None) -> StepContext:
-    modules = {"generator": model}
+    modules = {"transformer": model}
     return StepContext(step, 0, torch.device("cpu"), 0, 1, 0, modules, modules)
 
 
 @pytest.mark.parametrize(("dropout", "expected_null"), [(0.0, 0), (1.0, 8)])
 def test_class_dropout_sends_the_null_class(dropout, expected_null):
-    config = TransformerConfig.preset("tiny", class_dropout=dropout, **TINY)
+    config = TransformerConfig.preset("tiny", **TINY)
     model = MaskedTransformer(config)
+    recipe = TransformerRecipe(class_dropout=dropout)
     seen = []
     model.register_forward_hook(lambda m, args, out: seen.append(args[1].tolist()))
     corpus = random_corpus()
     batch = (corpus.tokens, corpus.importance, corpus.labels)
-    out = GeneratorTask(model).training_step(batch, context(model=model))
+    out = TransformerTask(model, recipe, lr=1e-3).training_step(batch, context(model=model))
     assert sum(label == config.null_class for label in seen[0]) == expected_null
-    assert torch.isfinite(out.losses["generator"]) and out.losses["generator"].requires_grad
+    loss = out.losses["transformer"]
+    assert torch.isfinite(loss) and loss.requires_grad
     assert 0 < float(out.metrics["corrupted_fraction"]) <= 1
 
 
 def test_loss_is_cross_entropy_on_corrupted_positions_only():
-    config = TransformerConfig.preset("tiny", masking="random", class_dropout=0.0, **TINY)
+    config = TransformerConfig.preset("tiny", **TINY)
     model = MaskedTransformer(config)
+    task = TransformerTask(model, TransformerRecipe(masking="random", class_dropout=0.0), lr=1e-3)
     corpus = random_corpus(4)
     batch = (corpus.tokens, corpus.importance, corpus.labels)
     logits_seen = []
     model.register_forward_hook(lambda m, args, out: logits_seen.append((args[0], out)))
-    loss = GeneratorTask(model).training_step(batch, context(model=model)).losses["generator"]
+    loss = task.training_step(batch, context(model=model)).losses["transformer"]
     corrupted, logits = logits_seen[0]
     where = corrupted == config.mask_id  # random mode corrupts by masking only
     manual = torch.nn.functional.cross_entropy(logits[where], corpus.tokens[where])
@@ -113,29 +126,34 @@ def test_loss_is_cross_entropy_on_corrupted_positions_only():
 def test_training_writes_metrics_and_resumes_exactly(tmp_path):
     corpus = random_corpus()
     config = TransformerConfig.preset("tiny", **TINY)
-    kwargs = dict(batch_size=4, device="cpu", progress=False, log_every=1, checkpoint_every=2)
-    train_generator(config, corpus, tmp_path / "full", max_steps=4, **kwargs)
-    train_generator(config, corpus, tmp_path / "split", max_steps=2, **kwargs)
-    result = train_generator(config, corpus, tmp_path / "split", max_steps=4, **kwargs)
+    options = dict(batch_size=4, device="cpu", log_every=1, checkpoint_every=2)
+    for out, steps in (("full", 4), ("split", 2), ("split", 4)):
+        train = TrainConfig(steps=steps, **options)
+        result = train_transformer(config, corpus, tmp_path / out, train, progress=False)
     assert result.resumed_from == 2
-    full = MaskedTransformer.from_pretrained(tmp_path / "full" / "generator")
-    split = MaskedTransformer.from_pretrained(tmp_path / "split" / "generator")
+    full = MaskedTransformer.from_pretrained(tmp_path / "full" / "transformer")
+    split = MaskedTransformer.from_pretrained(tmp_path / "split" / "transformer")
     for (name, a), b in zip(full.state_dict().items(), split.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    assert {"loss/generator", "accuracy"} <= set(records[0])
+    assert {"loss/transformer", "accuracy"} <= set(records[0])
     assert full.config.token_grid == (4, 4, 4) and full.config.codebook_size == 64
     assert not (tmp_path / "full" / "tumoraug.json").exists()  # no tokenizer known
 
 
 def test_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="TokenCorpus"):
-        train_generator("tiny", 42, tmp_path)
+        train_transformer("tiny", 42, tmp_path)
     tokenizer = VQGAN3D(TokenizerConfig.preset("tiny", codebook_size=32))
     with pytest.raises(ConfigError, match="codebook_size"):
-        train_generator("tiny", random_corpus(), tmp_path, tokenizer=tokenizer, max_steps=1)
+        train_transformer(
+            "tiny", random_corpus(), tmp_path, TrainConfig(steps=1), tokenizer=tokenizer
+        )
+    model = build_transformer(TransformerConfig.preset("tiny", **TINY).baseline())
+    with pytest.raises(ConfigError, match="class_dropout"):
+        TransformerTask(model, TransformerRecipe(class_dropout=0.1), lr=1e-3)
 
 
 def test_pipeline_16_cubed_runs_in_seconds(tmp_path):
@@ -145,27 +163,25 @@ def test_pipeline_16_cubed_runs_in_seconds(tmp_path):
 
     write_phantom_dataset(tmp_path / "raw", per_class=2, seed=0, shape=(32, 32, 32))
     preprocess(tmp_path / "raw", tmp_path / "cache", size=16)
-    quiet = dict(batch_size=2, device="cpu", progress=False)
-    train_tokenizer(
-        "tiny", tmp_path / "cache", tmp_path / "stage1", max_steps=1, image_every=0, **quiet
-    )
-    train_generator(
+    quiet = dict(batch_size=2, device="cpu")
+    stage1 = TrainConfig.preset("tokenizer", steps=1, image_every=0, **quiet)
+    train_tokenizer("tiny", tmp_path / "cache", tmp_path / "stage1", stage1, progress=False)
+    train_transformer(
         TransformerConfig.preset("tiny", **TINY),
         (tmp_path / "stage1" / "tokenizer", tmp_path / "cache"),
         tmp_path / "model",
-        max_steps=2,
-        image_every=2,
-        **quiet,
+        TrainConfig(steps=2, image_every=2, **quiet),
+        progress=False,
     )
     assert (tmp_path / "model" / "corpus.safetensors").is_file()
     assert (tmp_path / "model" / "samples" / "step_00000002.png").is_file()
     generator = TumorGenerator.from_pretrained(tmp_path / "model", device="cpu")
-    rois = generator.generate(["HGG", "LGG"], seed=0, steps=2)
+    rois = generator.generate(["HGG", "LGG"], seed=0, sampling=SamplingConfig(steps=2))
     assert rois.shape == (2, 1, 16, 16, 16)
     assert float(rois.abs().max()) <= 1.0
 
 
-def test_cli_train_generator_then_generate(tmp_path):
+def test_cli_train_transformer_then_generate(tmp_path):
     from typer.testing import CliRunner
 
     from tumoraug.cli import app
@@ -174,27 +190,32 @@ def test_cli_train_generator_then_generate(tmp_path):
     random_corpus().save(tmp_path / "corpus.safetensors")
     VQGAN3D(TokenizerConfig.preset("tiny")).save_pretrained(tmp_path / "tokenizer")
     result = runner.invoke(app, [
-        "train-generator", "--corpus", str(tmp_path / "corpus.safetensors"), "--tokenizer",
+        "train-transformer", "--data", str(tmp_path / "corpus.safetensors"), "--tokenizer",
         str(tmp_path / "tokenizer"), "--out", str(tmp_path / "model"), "--preset", "tiny",
         "--steps", "2", "--batch-size", "4", "--device", "cpu", "--masking", "random",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert MaskedTransformer.load_config(tmp_path / "model" / "generator").masking == "random"
+    assert run_recipe(tmp_path / "model")["masking"] == "random"
     generated = runner.invoke(app, [
         "generate", "--model", str(tmp_path / "model"), "--label", "LGG", "--n", "1", "--out",
         str(tmp_path / "rois"), "--steps", "2", "--device", "cpu",
     ])  # fmt: skip
     assert generated.exit_code == 0, generated.output
     baseline = runner.invoke(app, [
-        "train-generator", "--corpus", str(tmp_path / "corpus.safetensors"), "--tokenizer",
+        "train-transformer", "--data", str(tmp_path / "corpus.safetensors"), "--tokenizer",
         str(tmp_path / "tokenizer"), "--out", str(tmp_path / "baseline"), "--preset", "tiny",
         "--steps", "2", "--batch-size", "4", "--device", "cpu", "--baseline",
     ])  # fmt: skip
     assert baseline.exit_code == 0, baseline.output
-    config = MaskedTransformer.load_config(tmp_path / "baseline" / "generator")
-    assert config.conditioning == "per_class" and config.masking == "random"
+    config = MaskedTransformer.load_config(tmp_path / "baseline" / "transformer")
+    assert config.conditioning == "per_class"
+    assert run_recipe(tmp_path / "baseline") == TransformerRecipe().baseline().to_dict()
     guided = TumorGenerator.from_pretrained(tmp_path / "baseline", device="cpu")
-    rois = guided.generate(["HGG", "LGG"], seed=0, steps=2, guidance_scale=1.5)
+    sampling = SamplingConfig(steps=2, guidance_scale=1.5)
+    rois = guided.generate(["HGG", "LGG"], seed=0, sampling=sampling)
     assert rois.shape == (2, 1, 16, 16, 16)  # guidance is skipped: no unconditional model
-    both = runner.invoke(app, ["train-generator", "--out", str(tmp_path / "x")])
-    assert both.exit_code == 1 and "exactly one of --data" in both.output
+    nothing = runner.invoke(app, ["train-transformer", "--out", str(tmp_path / "x")])
+    assert nothing.exit_code == 1 and "give the data" in nothing.output
+    args = ["train-transformer", "--out", str(tmp_path / "x"), "--data", str(tmp_path)]
+    folder = runner.invoke(app, args)
+    assert folder.exit_code == 1 and "needs the trained tokenizer" in folder.output

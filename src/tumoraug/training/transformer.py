@@ -1,0 +1,302 @@
+"""Training of the stage-2 `MaskedTransformer` on pre-computed token grids.
+
+`train_transformer` encodes the ROIs once into a token corpus (`tumoraug.training.corpus`),
+wraps the transformer in a `TransformerTask` with its `TransformerRecipe` and hands it to the
+shared engine `tumoraug.training.loop.fit` with a `TrainConfig` (devices, bf16 on CUDA,
+accumulation, checkpoints, exact resume, DDP, progress, ``metrics.jsonl``).
+
+The loss of one batch: the token grids are corrupted with
+`tumoraug.training.masking.corrupt` (hybrid importance masking, or plain MaskGIT masking),
+the class of each sample is replaced by the null class with probability ``class_dropout``
+(so that one network also learns the unconditional model used by classifier-free
+guidance), and the loss is the cross-entropy between the predicted and the original tokens
+at every corrupted position.
+
+When the tokenizer is known, the output folder is also a complete `TumorGenerator` model
+(``tumoraug.json`` + ``tokenizer/`` + ``transformer/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tumoraug.config import Config, TransformerConfig, check
+from tumoraug.errors import ConfigError, DataError
+from tumoraug.models.transformer import MaskedTransformer, PerClassTransformer, build_transformer
+from tumoraug.training.config import TrainConfig
+from tumoraug.training.corpus import CORPUS_NAME, TokenCorpus, as_tokenizer, encode_corpus
+from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
+from tumoraug.training.masking import MASKING_MODES, corrupt
+
+
+@dataclasses.dataclass
+class TransformerRecipe(Config):
+    """How stage 2 is trained: token corruption, class dropout and the optimizer's shape.
+
+    ``masking`` is ``"hybrid"`` (the method's importance masking, with ``topk_ratio``,
+    ``neighbor_radius``, ``random_replace_ratio`` and ``random_mask``, see
+    `tumoraug.training.masking`) or ``"random"`` (plain MaskGIT); ``class_dropout`` is the
+    share of samples trained as the null class (classifier-free guidance).
+    """
+
+    masking: str = "hybrid"
+    topk_ratio: float = 0.25
+    neighbor_radius: int = 1
+    random_replace_ratio: float = 0.1
+    random_mask: float = 0.5
+    class_dropout: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"brats128": {}, "tiny": {}}
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        check(
+            self.masking in MASKING_MODES,
+            name, "masking", f"one of {', '.join(MASKING_MODES)}", self.masking,
+        )  # fmt: skip
+        for field in ("topk_ratio", "random_replace_ratio", "random_mask", "class_dropout"):
+            value = getattr(self, field)
+            check(0 <= value <= 1, name, field, "a number in [0, 1]", value)
+        check(
+            self.neighbor_radius >= 0, name, "neighbor_radius", "an int >= 0", self.neighbor_radius
+        )
+        check(self.weight_decay >= 0, name, "weight_decay", "a number >= 0", self.weight_decay)
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            name, "betas", "two numbers in [0, 1)", self.betas,
+        )  # fmt: skip
+
+    def baseline(self) -> TransformerRecipe:
+        """The recipe of the paper's 3D-VQGAN baseline: plain MaskGIT masking, no class
+        dropout (a per-class network has no unconditional model)."""
+        return self.replace(masking="random", class_dropout=0.0)
+
+    @classmethod
+    def for_preset(cls, name: str) -> TransformerRecipe:
+        """The recipe preset of that name, or the default recipe for other architectures."""
+        return cls.preset(name) if name in cls.presets else cls()
+
+
+class TransformerTask(TrainingTask):
+    """The stage-2 objective (see the module docstring) as a `TrainingTask`."""
+
+    def __init__(
+        self,
+        model: MaskedTransformer | PerClassTransformer,
+        recipe: TransformerRecipe,
+        *,
+        lr: float,
+        tokenizer: nn.Module | None = None,
+    ) -> None:
+        if model.config.conditioning == "per_class" and recipe.class_dropout != 0:
+            raise ConfigError(
+                "TransformerRecipe.class_dropout: expected 0 with conditioning='per_class' "
+                f"(the baseline has no unconditional model), got {recipe.class_dropout}"
+            )
+        self.model = model
+        self.config: TransformerConfig = model.config
+        self.recipe = recipe
+        self.lr = lr
+        self.tokenizer = tokenizer
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "recipe": self.recipe.to_dict()}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"transformer": self.model}
+
+    def configure_optimizers(self, modules: dict[str, nn.Module]) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(self.recipe.betas))
+        return {"transformer": optimizer}
+
+    def training_step(self, batch: Any, ctx: StepContext) -> StepOutput:
+        c, r = self.config, self.recipe
+        tokens, importance, labels = batch
+        rng = ctx.rng(0)
+        corrupted, target_mask = corrupt(
+            tokens,
+            importance,
+            rng,
+            mode=r.masking,
+            mask_id=c.mask_id,
+            codebook_size=c.codebook_size,
+            topk_ratio=r.topk_ratio,
+            neighbor_radius=r.neighbor_radius,
+            random_replace_ratio=r.random_replace_ratio,
+            random_mask_prob=r.random_mask,
+        )
+        drop = (torch.rand(labels.shape[0], generator=rng) < r.class_dropout).to(labels.device)
+        labels = labels.masked_fill(drop, c.null_class)
+        devices = [tokens.device] if tokens.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=tokens.device.type):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))  # dropout noise
+            logits = ctx.modules["transformer"](corrupted, labels)
+        chosen = logits[target_mask].float()
+        target = tokens[target_mask]
+        loss = F.cross_entropy(chosen, target)
+        with torch.no_grad():
+            accuracy = (chosen.argmax(-1) == target).float().mean()
+        metrics = {"accuracy": accuracy, "corrupted_fraction": target_mask.float().mean()}
+        return StepOutput({"transformer": loss}, metrics)
+
+    def save_images(self, batch: Any, ctx: StepContext, path: Path) -> None:
+        if self.tokenizer is None:
+            return
+        from tumoraug.sampling import SamplingConfig, make_rngs, sample_tokens
+        from tumoraug.viz import save_montage
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            labels = torch.tensor([1, 1, 0, 0])
+            tokens = sample_tokens(self.model, labels, make_rngs(range(4)), SamplingConfig(steps=8))
+            self.tokenizer.to(tokens.device).eval()
+            volumes = self.tokenizer.decode(tokens).float()
+        finally:
+            self.model.train(was_training)
+        save_montage(volumes, path, row_labels=["HGG", "HGG", "LGG", "LGG"])
+
+
+def resolve_corpus(
+    source: Any, output_dir: Path, batch_size: int, device: str
+) -> tuple[TokenCorpus, Any]:
+    """Accept a corpus, a corpus file, or ``(tokenizer, data)``; return (corpus, tokenizer)."""
+    if isinstance(source, TokenCorpus):
+        return source, None
+    if isinstance(source, str | Path):
+        return TokenCorpus.load(source), None
+    if isinstance(source, tuple | list) and len(source) == 2:
+        tokenizer = as_tokenizer(source[0])
+        corpus = encode_corpus(
+            tokenizer, source[1], output_dir / CORPUS_NAME, batch_size=batch_size, device=device
+        )
+        return corpus, tokenizer
+    raise ConfigError(
+        "train_transformer: expected a TokenCorpus, a corpus file, or a (tokenizer, data) "
+        f"pair, got {type(source).__name__}"
+    )
+
+
+def train_transformer(
+    config: TransformerConfig | str,
+    data: Any,
+    output_dir: str | Path,
+    train: TrainConfig | None = None,
+    recipe: TransformerRecipe | None = None,
+    *,
+    tokenizer: Any = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> FitResult:
+    """Train the stage-2 model; it goes to ``output_dir/transformer``.
+
+    The model is a `MaskedTransformer`, or the per-class baseline (`PerClassTransformer`)
+    when ``config.conditioning == "per_class"`` (see `TransformerConfig.baseline` and
+    `TransformerRecipe.baseline`).
+
+    ``config``: a `TransformerConfig` or a preset name (which also picks the recipe preset
+    of that name when ``recipe`` is None); its ``codebook_size`` and ``token_grid`` are
+    replaced by those of the corpus. ``data``: a `TokenCorpus`, a corpus file, or a
+    ``(tokenizer, roi_data)`` pair (tokenizer a `VQGAN3D` or its folder; the corpus is then
+    encoded once into ``output_dir/corpus.safetensors``). ``train`` defaults to
+    ``TrainConfig.preset("transformer")``. When the tokenizer is known (from the pair or the
+    ``tokenizer`` argument), ``output_dir`` also becomes a complete `TumorGenerator` folder.
+    """
+    if isinstance(config, str):
+        recipe = recipe or TransformerRecipe.for_preset(config)
+        config = TransformerConfig.preset(config)
+    recipe = recipe or TransformerRecipe()
+    train = train or TrainConfig.preset("transformer")
+    output_dir = Path(output_dir)
+    corpus, pair_tokenizer = resolve_corpus(data, output_dir, train.batch_size, train.device)
+    tokenizer = as_tokenizer(tokenizer) if tokenizer is not None else pair_tokenizer
+    if tokenizer is not None and tokenizer.config.codebook_size != corpus.codebook_size:
+        raise ConfigError(
+            f"train_transformer: tokenizer codebook_size {tokenizer.config.codebook_size} does "
+            f"not match the corpus ({corpus.codebook_size})"
+        )
+    config = config.replace(codebook_size=corpus.codebook_size, token_grid=corpus.token_grid)
+    torch.manual_seed(train.seed)
+    task = TransformerTask(build_transformer(config), recipe, lr=train.lr, tokenizer=tokenizer)
+    result = fit(task, corpus, output_dir, train, resume=resume, progress=progress)
+    if tokenizer is not None and int(os.environ.get("RANK", "0")) == 0:
+        from tumoraug.checkpoint import atomic_write_text
+        from tumoraug.export import model_card
+        from tumoraug.generator import TumorGenerator
+
+        generator = TumorGenerator(tokenizer, task.model, device="cpu")
+        generator.save_pretrained(output_dir)
+        if not (output_dir / "README.md").exists():
+            atomic_write_text(
+                output_dir / "README.md", model_card(generator.roi_size, generator.in_channels)
+            )
+    return result
+
+
+def run_transformer_training(
+    data: str | Path | None,
+    output_dir: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    preset: str = "brats128",
+    config_file: str | Path | None = None,
+    baseline: bool = False,
+    recipe: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> FitResult:
+    """`train_transformer` from a preset (or a config file) and overrides of the recipe and
+    the `TrainConfig`: what ``tumoraug train-transformer`` runs.
+
+    ``data`` is a token corpus file, or a ROI cache folder together with ``tokenizer`` (the
+    corpus is then encoded once). ``baseline`` switches to the 3D-VQGAN baseline (one
+    network per grade, plain MaskGIT masking).
+    """
+    if data is None:
+        raise ConfigError(
+            "train_transformer: give the data: a ROI cache folder (with --tokenizer) or a "
+            "token corpus file (--data)"
+        )
+    path = Path(data)
+    if path.is_dir():
+        if tokenizer is None:
+            raise ConfigError(
+                f"{path}: a ROI cache folder needs the trained tokenizer that encodes it "
+                "(--tokenizer <stage-1 output>/tokenizer)"
+            )
+        source: Any = (tokenizer, path)
+    elif path.is_file():
+        source = path
+    else:
+        raise DataError(f"{path}: no ROI cache folder or token corpus file there")
+    config = (
+        TransformerConfig.from_json(config_file)
+        if config_file
+        else TransformerConfig.preset(preset)
+    )
+    stage_recipe = TransformerRecipe.for_preset(preset)
+    if baseline:
+        config, stage_recipe = config.baseline(), stage_recipe.baseline()
+    stage_recipe = stage_recipe.replace(**(recipe or {}))
+    run = TrainConfig.preset("transformer", **(train or {}))
+    return train_transformer(
+        config, source, output_dir, run, stage_recipe, resume=resume, progress=progress,
+        tokenizer=tokenizer if path.is_file() else None,
+    )  # fmt: skip
