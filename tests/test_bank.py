@@ -1,4 +1,5 @@
-"""Synthetic banks: quantisation round trips, append, shards + merge, serving, clear errors."""
+"""Synthetic banks: quantisation round trips, append, shards + merge, the Source interface,
+serving, clear errors."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tumoraug.bank import INT16_SCALE, SyntheticBank, dequantize, manifest_path, quantize
-from tumoraug.dataset import SyntheticTumorDataset
-from tumoraug.errors import DataError
+from tumoraug import SamplingConfig
+from tumoraug.augment import BankBatches, Source, SyntheticBank, SyntheticTumorDataset, as_source
+from tumoraug.augment.storage import INT16_SCALE, dequantize, manifest_path, quantize
+from tumoraug.errors import ConfigError, DataError
 from tumoraug.generator import TumorGenerator
+
+FAST = SamplingConfig(steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +27,13 @@ def generator(tiny_model_dir):
 @pytest.fixture(scope="module")
 def reference(generator):
     """What the generator makes for items 0..5 of seed 11 (float32, as the dataset serves)."""
-    ds = SyntheticTumorDataset(generator, 6, seed=11, steps=2)
+    ds = SyntheticTumorDataset(generator, 6, seed=11, sampling=FAST)
     return ds.labels, ds.volumes(range(6))
 
 
-def build(generator, path, n=6, **kwargs):
-    kwargs = {"seed": 11, "steps": 2, "batch_size": 4, **kwargs}
-    return SyntheticBank.build(generator, n, None, path, **kwargs)
+def build(generator, path, n=6, labels=None, **kwargs):
+    kwargs = {"seed": 11, "sampling": FAST, "batch_size": 4, **kwargs}
+    return SyntheticBank.build(generator, n, labels, path, **kwargs)
 
 
 def test_int16_round_trip_is_bit_exact(generator, reference, tmp_path):
@@ -48,7 +52,7 @@ def test_int16_round_trip_is_bit_exact(generator, reference, tmp_path):
     build(generator, tmp_path / "again.npy")
     assert (tmp_path / "again.npy").read_bytes() == (tmp_path / "bank.npy").read_bytes()
     manifest = json.loads(manifest_path(tmp_path / "bank.npy").read_text())
-    assert manifest["scale"] == INT16_SCALE and manifest["settings"]["steps"] == 2
+    assert manifest["scale"] == INT16_SCALE and manifest["settings"] == FAST.to_dict()
     assert manifest["model"] == str(generator.source)
 
 
@@ -65,14 +69,14 @@ def test_dataset_from_bank_serves_without_a_model(generator, reference, tmp_path
     labels, volumes = reference
     build(generator, tmp_path / "bank.npy")
     ds = SyntheticTumorDataset.from_bank(tmp_path / "bank.npy")
-    assert ds.source is None and ds.labels == labels and len(ds) == 6
+    assert isinstance(ds.source, SyntheticBank) and ds.labels == labels and len(ds) == 6
     item = ds[4]
     assert item.label == labels[4] and item.synthetic is True
     assert item.seed == SyntheticTumorDataset(generator, 6, seed=11).seeds[4]
     assert (item.image.data - volumes[4]).abs().max() <= 1 / INT16_SCALE
     loader = DataLoader(ds, batch_size=3, num_workers=2, collate_fn=lambda b: b)
     served = torch.stack([s.image.data for batch in loader for s in batch])
-    assert torch.equal(served, ds.bank.read(range(6)))
+    assert torch.equal(served, ds.source.read(range(6)))
 
 
 def test_append_equals_building_in_one_go(generator, tmp_path):
@@ -156,8 +160,6 @@ def test_cli_generate_writes_a_bank(tiny_model_dir, tmp_path):
 
 
 def test_bank_batches_cover_the_bank_once_per_epoch(generator, tmp_path):
-    from tumoraug.bank import BankBatches
-
     bank = build(generator, tmp_path / "bank.npy", n=5)
     batches = BankBatches(bank, 2, seed=3)
     assert len(batches) == 3 and len(BankBatches(bank, 2, drop_last=True)) == 2
@@ -174,3 +176,26 @@ def test_bank_batches_cover_the_bank_once_per_epoch(generator, tmp_path):
     batches.set_epoch(0)
     assert np.array_equal(batches.order, first)
     assert torch.equal(torch.cat([x for x, _ in batches]), served)  # same order, same bits
+
+
+def test_a_bank_is_a_source(generator, reference, tmp_path):
+    labels, volumes = reference
+    bank = build(generator, tmp_path / "bank.npy")
+    assert isinstance(bank, Source) and as_source(bank) is bank
+    assert bank.model_id == str(generator.source) and bank.settings == FAST.to_dict()
+    # a (label, seed) pair the bank holds: that item, wherever it is asked for
+    order = [4, 0, 5]
+    served = bank.volumes([labels[i] for i in order], [bank.seeds[i] for i in order])
+    assert torch.equal(served, bank.read(order))
+    assert (served - volumes[order]).abs().max() <= 0.5 / INT16_SCALE + 1e-7
+    # any other pair: an item of that class, the same for the same seed
+    picks = [bank.find(1, seed) for seed in range(20)]
+    assert {labels[i] for i in picks} == {1} and len(set(picks)) > 1
+    assert picks == [bank.find(1, seed) for seed in range(20)]
+    assert torch.equal(bank.volumes([1], [3]), bank.read([picks[3]]))
+    assert bank.volumes([], []).shape == (0, 1, 16, 16, 16)
+    with pytest.raises(ConfigError, match="fixed when it was built"):
+        as_source(bank, sampling=SamplingConfig())
+    only_hgg = build(generator, tmp_path / "hgg.npy", n=2, labels="HGG")
+    with pytest.raises(DataError, match="no item of class 0"):
+        only_hgg.volumes([0], [1])

@@ -8,12 +8,18 @@ import torch
 import torchio as tio
 from torchio.utils import get_subclasses
 
-from tumoraug.bank import SyntheticBank
-from tumoraug.errors import DataError, LabelError
+from tumoraug import SamplingConfig
+from tumoraug.augment import (
+    GeneratorSource,
+    RandomSyntheticReplace,
+    SyntheticBank,
+    SyntheticReplace,
+)
+from tumoraug.errors import ConfigError, DataError, LabelError
 from tumoraug.generator import TumorGenerator
-from tumoraug.transforms import RandomSyntheticReplace, SyntheticReplace
 
 S = 16
+FAST = SamplingConfig(steps=2)
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 
 
@@ -25,7 +31,7 @@ def generator(tiny_model_dir):
 @pytest.fixture(scope="module")
 def bank(generator, tmp_path_factory):
     path = tmp_path_factory.mktemp("bank") / "bank.npy"
-    return SyntheticBank.build(generator, 6, None, path, seed=0, steps=2)
+    return SyntheticBank.build(generator, 6, None, path, seed=0, sampling=FAST)
 
 
 def subject(label=1, size=S) -> tio.Subject:
@@ -40,10 +46,10 @@ def subject(label=1, size=S) -> tio.Subject:
 
 
 def test_replaces_with_roi_of_the_subjects_grade(generator):
-    out = RandomSyntheticReplace(generator, p=1.0, steps=2)(subject(label="HGG"))
+    out = RandomSyntheticReplace(generator, p=1.0, sampling=FAST)(subject(label="HGG"))
     (record,) = out.get_applied_transforms()
     assert isinstance(record, SyntheticReplace) and record.label == 1
-    expected = generator.generate_tokens([1], [record.seed], steps=2)
+    expected = generator.generate_tokens([1], [record.seed], FAST)
     assert torch.equal(out.image.data, generator.decode(expected)[0])
     assert torch.equal(out.t2.data, out.image.data)  # every intensity image, one ROI
     assert torch.equal(out.seg.data, subject().seg.data)  # label maps untouched
@@ -55,7 +61,7 @@ def test_history_replay_reproduces_the_output(generator):
     pipeline = tio.Compose(
         [
             tio.RandomFlip(axes=(0, 1, 2)),
-            RandomSyntheticReplace(generator, p=1.0, steps=2),
+            RandomSyntheticReplace(generator, p=1.0, sampling=FAST),
             tio.RandomNoise(std=0.05),
         ]
     )
@@ -65,11 +71,26 @@ def test_history_replay_reproduces_the_output(generator):
     assert torch.equal(replayed.image.data, out.image.data)
     assert not torch.equal(pipeline(original).image.data, out.image.data)  # new seed per call
     assert "SyntheticReplace" in repr(out.history)
+    # the history records the source together with its sampling settings
+    (_, record, _) = out.get_applied_transforms()
+    assert isinstance(record.source, GeneratorSource) and record.source.sampling == FAST
+
+
+def test_sampling_goes_with_the_source(generator, bank):
+    guided = SamplingConfig(steps=2, guidance_scale=3.0)
+    plain = SyntheticReplace(generator, 1, 123, sampling=FAST)(subject())
+    other = SyntheticReplace(generator, 1, 123, sampling=guided)(subject())
+    assert not torch.equal(plain.image.data, other.image.data)
+    assert torch.equal(plain.image.data, generator.generate([1], seed=[123], sampling=FAST)[0])
+    with pytest.raises(ConfigError, match="fixed when it was built"):
+        RandomSyntheticReplace(bank, p=1.0, sampling=FAST)
+    with pytest.raises(ConfigError, match="shape_mismatch"):
+        SyntheticReplace(generator, 1, 0, shape_mismatch="crop")
 
 
 def test_probability_and_composition(generator, bank):
     assert RandomSyntheticReplace(generator, p=0.0)(subject()).history == []
-    one_of = tio.OneOf({RandomSyntheticReplace(generator, p=1.0, steps=2): 1.0})
+    one_of = tio.OneOf({RandomSyntheticReplace(generator, p=1.0, sampling=FAST): 1.0})
     assert [t.name for t in one_of(subject()).history] == ["SyntheticReplace"]
     torch.manual_seed(1)
     coin = RandomSyntheticReplace(bank, p=0.5)
@@ -84,10 +105,10 @@ def test_probability_and_composition(generator, bank):
 
 
 def test_include_and_exclude(generator):
-    only_t2 = RandomSyntheticReplace(generator, p=1.0, steps=2, include=["t2"])(subject())
+    only_t2 = RandomSyntheticReplace(generator, p=1.0, sampling=FAST, include=["t2"])(subject())
     assert torch.equal(only_t2.image.data, subject().image.data)
     assert not torch.equal(only_t2.t2.data, subject().t2.data)
-    not_t2 = RandomSyntheticReplace(generator, p=1.0, steps=2, exclude=["t2"])(subject())
+    not_t2 = RandomSyntheticReplace(generator, p=1.0, sampling=FAST, exclude=["t2"])(subject())
     assert torch.equal(not_t2.t2.data, subject().t2.data)
     assert not torch.equal(not_t2.image.data, subject().image.data)
     replay = not_t2.get_composed_history()(subject())
@@ -102,8 +123,8 @@ def test_missing_label_and_shape_errors(generator):
     with pytest.raises(LabelError, match="'grade'"):
         RandomSyntheticReplace(generator, p=1.0, label_key="grade")(subject())
     with pytest.raises(DataError, match=r"spatial shape \(12, 12, 12\)"):
-        RandomSyntheticReplace(generator, p=1.0, steps=2)(subject(size=12))
-    resized = RandomSyntheticReplace(generator, p=1.0, steps=2, shape_mismatch="resize")(
+        RandomSyntheticReplace(generator, p=1.0, sampling=FAST)(subject(size=12))
+    resized = RandomSyntheticReplace(generator, p=1.0, sampling=FAST, shape_mismatch="resize")(
         subject(size=12)
     )
     assert resized.image.data.shape == (1, 12, 12, 12)

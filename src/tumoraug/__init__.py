@@ -1,13 +1,19 @@
 """tumoraug: class-conditional synthetic 3D brain-tumor ROIs as a data-augmentation plugin."""
 
-__version__ = "0.1.0.dev0"
-
-from tumoraug.bank import SyntheticBank
-from tumoraug.dataset import SyntheticThenReal, SyntheticTumorDataset, mix
+from tumoraug.augment import (
+    RandomSyntheticReplace,
+    SyntheticBank,
+    SyntheticReplace,
+    SyntheticThenReal,
+    SyntheticTumorDataset,
+    mix,
+)
+from tumoraug.config import TokenizerConfig, TransformerConfig
 from tumoraug.errors import CheckpointError, ConfigError, DataError, LabelError, TumorAugError
 from tumoraug.generator import TumorGenerator
 from tumoraug.labels import GRADES, to_grade, to_label
-from tumoraug.transforms import RandomSyntheticReplace
+from tumoraug.sampling import SamplingConfig
+from tumoraug.version import __version__
 
 __all__ = [
     "GRADES",
@@ -16,9 +22,13 @@ __all__ = [
     "DataError",
     "LabelError",
     "RandomSyntheticReplace",
+    "SamplingConfig",
     "SyntheticBank",
+    "SyntheticReplace",
     "SyntheticThenReal",
     "SyntheticTumorDataset",
+    "TokenizerConfig",
+    "TransformerConfig",
     "TumorAugError",
     "TumorGenerator",
     "__version__",

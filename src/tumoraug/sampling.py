@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from tumoraug.config import Config, check
+from tumoraug.errors import ConfigError
 
 
 def per_sample_seeds(seed: int, n: int, start: int = 0) -> list[int]:
@@ -102,6 +103,17 @@ class SamplingConfig(Config):
     def network_evaluations(self) -> int:
         """Network evaluations per sample: ``steps``, doubled when guidance is on."""
         return self.steps * (2 if self.guided else 1)
+
+
+def check_sampling(sampling: SamplingConfig | None) -> SamplingConfig:
+    """``sampling`` itself, or the `SamplingConfig` defaults for None; else `ConfigError`."""
+    if sampling is None:
+        return SamplingConfig()
+    if not isinstance(sampling, SamplingConfig):
+        raise ConfigError(
+            f"sampling must be a tumoraug.SamplingConfig or None, got {type(sampling).__name__}"
+        )
+    return sampling
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -1,0 +1,40 @@
+"""The plugin surface: synthetic ROIs for PyTorch / TorchIO pipelines.
+
+Everything here makes its volumes through one `Source` (`GeneratorSource` over a
+`TumorGenerator`, or a `SyntheticBank`): the dataset, the mixing helpers and the TorchIO
+transforms take either, and the same (label, seed) gives the same volume from each.
+"""
+
+from tumoraug.augment.bank import BankBatches, SyntheticBank
+from tumoraug.augment.dataset import SyntheticTumorDataset, make_subject
+from tumoraug.augment.mixing import MixedDataset, SyntheticThenReal, mix
+from tumoraug.augment.source import (
+    GeneratorSource,
+    Source,
+    as_source,
+    class_labels,
+    item_seeds,
+    resolve_labels,
+)
+from tumoraug.augment.storage import dequantize, quantize
+from tumoraug.augment.transforms import RandomSyntheticReplace, SyntheticReplace
+
+__all__ = [
+    "BankBatches",
+    "GeneratorSource",
+    "MixedDataset",
+    "RandomSyntheticReplace",
+    "Source",
+    "SyntheticBank",
+    "SyntheticReplace",
+    "SyntheticThenReal",
+    "SyntheticTumorDataset",
+    "as_source",
+    "class_labels",
+    "dequantize",
+    "item_seeds",
+    "make_subject",
+    "mix",
+    "quantize",
+    "resolve_labels",
+]
