@@ -24,7 +24,7 @@ def _deterministic_torch():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A full TumorGenerator folder (16³ ROIs, random weights) for plumbing tests."""
-    from tumoraug.config import TransformerConfig, TokenizerConfig
+    from tumoraug.config import TokenizerConfig, TransformerConfig
     from tumoraug.generator import TumorGenerator
     from tumoraug.models.transformer import MaskedTransformer
     from tumoraug.models.vqgan import VQGAN3D

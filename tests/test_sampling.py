@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tumoraug.config import TransformerConfig
-from tumoraug.models.transformer import MaskedTransformer
 from tumoraug.errors import ConfigError
+from tumoraug.models.transformer import MaskedTransformer
 from tumoraug.sampling import (
     SamplingConfig,
     filter_logits,

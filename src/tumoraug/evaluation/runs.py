@@ -1,0 +1,109 @@
+"""Both evaluations end to end on folders: a ROI cache in, the report files out.
+
+These are what ``tumoraug evaluate`` and ``tumoraug evaluate-samples`` call, so that a
+script gets exactly the command's behaviour from one function call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tumoraug.data import ROIDataset
+from tumoraug.evaluation.classifier import ClassifierConfig, item_tensors
+from tumoraug.evaluation.protocol import CONDITIONS, ProtocolConfig, ProtocolResult, run_protocol
+from tumoraug.evaluation.samples import SampleReport, evaluate_samples
+from tumoraug.evaluation.sources import synthetic_source
+from tumoraug.sampling import SamplingConfig
+
+
+def evaluate_cache(
+    data: str | Path,
+    out: str | Path,
+    *,
+    protocol: ProtocolConfig | None = None,
+    model: str | Path | None = None,
+    bank: str | Path | None = None,
+    synthetic: str | Path | None = None,
+    conditions: Sequence[str] | None = None,
+    class_ratio: float = 0.5,
+    seed: int = 0,
+    width: int | None = None,
+    sampling: SamplingConfig | None = None,
+    progress: bool = False,
+) -> tuple[ProtocolResult, dict[str, Path]]:
+    """Run the downstream protocol on the ROI cache ``data``; write its reports into ``out``.
+
+    The synthetic data comes from at most one of ``model``, ``bank`` or ``synthetic`` (a ROI
+    cache), see `synthetic_source`; a model generates ``protocol.ratio`` × the number of
+    real ROIs once. ``conditions`` default to all of them with a synthetic source, else
+    ``("real",)``. ``width`` overrides the classifier's ``base_width``.
+    Returns the result and the paths of ``results.md``, ``results.json`` and ``roc.png``.
+    """
+    protocol = protocol or ProtocolConfig()
+    real = ROIDataset(data)
+    source = synthetic_source(
+        model=model,
+        bank=bank,
+        roi_dir=synthetic,
+        count=max(1, round(protocol.ratio * len(real))),
+        class_ratio=class_ratio,
+        seed=seed,
+        sampling=sampling,
+        device=protocol.device,
+        progress=progress,
+    )
+    if conditions is None:
+        conditions = ("real",) if source is None else CONDITIONS
+    protocol = protocol.replace(conditions=tuple(conditions))
+    channels = item_tensors(real[0])[0].shape[0]
+    classifier = ClassifierConfig(
+        in_channels=channels, **({} if width is None else {"base_width": width})
+    )
+    result = run_protocol(real, source, config=protocol, classifier=classifier, progress=progress)
+    return result, result.save(out)
+
+
+def display_names(models: Sequence[str | Path]) -> list[str]:
+    """One table name per model: its folder name (or Hub id), made unique with ``-<index>``."""
+    names: list[str] = []
+    for index, spec in enumerate(models):
+        name = Path(spec).name or str(spec)
+        names.append(name if name not in names else f"{name}-{index}")
+    return names
+
+
+def compare_models(
+    data: str | Path,
+    models: Sequence[str | Path],
+    out: str | Path,
+    *,
+    n_per_class: int = 16,
+    seed: int = 0,
+    sampling: SamplingConfig | None = None,
+    feature_size: int | None = 16,
+    max_pairs: int | None = 1000,
+    device: str = "auto",
+) -> tuple[SampleReport, dict[str, Path]]:
+    """`evaluate_samples` of model folders / Hub ids against the ROI cache ``data``.
+
+    Every model gets the same labels, seeds and ``sampling``; the report is written into
+    ``out`` (``samples.md``, ``samples.json``, ``samples_montage.png``).
+    Returns the report and those paths.
+    """
+    from tumoraug.generator import TumorGenerator
+
+    generators = {
+        name: TumorGenerator.from_pretrained(spec, device=device)
+        for name, spec in zip(display_names(models), models, strict=True)
+    }
+    report = evaluate_samples(
+        ROIDataset(data),
+        generators,
+        n_per_class=n_per_class,
+        seed=seed,
+        sampling=sampling,
+        feature_size=feature_size,
+        max_pairs=max_pairs,
+    )
+    return report, report.save(out)

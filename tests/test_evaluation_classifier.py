@@ -1,0 +1,58 @@
+"""The downstream classifier: shapes, presets, item reading, training and prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchio as tio
+
+from tumoraug.errors import ConfigError, DataError, TumorAugError
+from tumoraug.evaluation import ClassifierConfig, ResNet3D, predict, train_classifier
+from tumoraug.evaluation.classifier import item_tensors
+
+TINY = ClassifierConfig.preset("tiny")
+
+
+def test_classifier_shapes_and_presets():
+    model = ResNet3D(ClassifierConfig(in_channels=2, base_width=4))
+    x = torch.randn(3, 2, 32, 32, 32)
+    assert model(x).shape == (3,)
+    assert model.features(x).shape == (3, 32)
+    assert ResNet3D(TINY)(torch.randn(2, 1, 16, 16, 16)).shape == (2,)
+    with pytest.raises(ConfigError, match="base_width"):
+        ClassifierConfig(base_width=0)
+    with pytest.raises(ConfigError, match="dropout"):
+        ClassifierConfig(dropout=1.0)
+    assert ClassifierConfig.from_dict(TINY.to_dict()) == TINY
+
+
+def test_item_tensors_reads_subjects_and_tuples():
+    volume = torch.rand(1, 8, 8, 8)
+    subject = tio.Subject(image=tio.ScalarImage(tensor=volume), label=1)
+    image, label = item_tensors(subject)
+    assert torch.equal(image, volume) and label == 1
+    image, label = item_tensors((volume, "LGG"))
+    assert torch.equal(image, volume) and label == 0
+    with pytest.raises(DataError, match="cannot read"):
+        item_tensors("scan.nii.gz")
+    with pytest.raises(DataError, match="batch of 2"):
+        item_tensors((torch.rand(2, 1, 8, 8, 8), 1))
+    with pytest.raises(TumorAugError):
+        item_tensors((volume, 3))
+
+
+def test_train_then_predict_is_seeded_and_keeps_order():
+    rng = torch.Generator().manual_seed(0)
+    items = [(torch.rand(1, 16, 16, 16, generator=rng), i % 2) for i in range(6)]
+
+    def trained(seed: int) -> ResNet3D:
+        torch.manual_seed(0)
+        model = ResNet3D(TINY)
+        return train_classifier(model, items, epochs=1, batch_size=4, seed=seed, device="cpu")
+
+    labels, probs = predict(trained(0), items, batch_size=4, device="cpu")
+    assert labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert probs.shape == (6,) and ((probs >= 0) & (probs <= 1)).all()
+    np.testing.assert_array_equal(predict(trained(0), items, device="cpu")[1], probs)
+    assert not np.array_equal(predict(trained(1), items, device="cpu")[1], probs)

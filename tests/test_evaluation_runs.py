@@ -1,0 +1,49 @@
+"""Both evaluations end to end on folders, as the CLI calls them."""
+
+from __future__ import annotations
+
+import json
+
+from tumoraug.evaluation import ProtocolConfig, compare_models, evaluate_cache
+from tumoraug.evaluation.runs import display_names
+from tumoraug.sampling import SamplingConfig
+
+TINY = ProtocolConfig(folds=2, run_folds=1, seeds=(0,), epochs=1, pretrain_epochs=1, device="cpu")
+
+
+def test_display_names_are_folder_names_made_unique():
+    assert display_names(["runs/a", "runs/b/", "other/a", "org/model"]) == [
+        "a",
+        "b",
+        "a-2",
+        "model",
+    ]
+
+
+def test_evaluate_cache_picks_conditions_from_the_source(roi_cache, tmp_path):
+    result, paths = evaluate_cache(roi_cache, tmp_path / "real", protocol=TINY, width=4)
+    assert result.config.conditions == ("real",) and result.n_synthetic is None
+    assert result.classifier.base_width == 4 and result.classifier.in_channels == 1
+    assert sorted(paths) == ["json", "markdown", "roc"]
+
+    mixed, paths = evaluate_cache(roi_cache, tmp_path / "all", protocol=TINY, synthetic=roi_cache)
+    assert mixed.config.conditions == ("real", "mixed", "pretrain") and mixed.n_synthetic == 6
+    assert json.loads(paths["json"].read_text())["protocol"]["conditions"] == list(
+        mixed.config.conditions
+    )
+    only, _ = evaluate_cache(
+        roi_cache, tmp_path / "one", protocol=TINY, synthetic=roi_cache, conditions=["pretrain"]
+    )
+    assert [run["condition"] for run in only.runs] == ["pretrain"]
+
+
+def test_compare_models_names_the_rows_and_records_the_sampling(
+    roi_cache, tiny_model_dir, tmp_path
+):
+    sampling = SamplingConfig(steps=2, guidance_scale=1.0)
+    report, paths = compare_models(
+        roi_cache, [tiny_model_dir], tmp_path, n_per_class=2, sampling=sampling, device="cpu"
+    )
+    assert [row["model"] for row in report.rows] == ["tiny-generator"] * 2
+    assert json.loads(paths["json"].read_text())["settings"]["sampling"] == sampling.to_dict()
+    assert paths["montage"].exists()
