@@ -21,9 +21,10 @@ import time
 import torch
 
 from tumoraug import TumorGenerator
-from tumoraug.config import TransformerConfig, TokenizerConfig
+from tumoraug.config import TokenizerConfig, TransformerConfig
 from tumoraug.models.transformer import MaskedTransformer
 from tumoraug.models.vqgan import VQGAN3D
+from tumoraug.sampling import SamplingConfig
 
 
 def build(size: int, device: str) -> TumorGenerator:
@@ -31,15 +32,15 @@ def build(size: int, device: str) -> TumorGenerator:
     torch.manual_seed(0)
     if size == 128:
         tokenizer_config = TokenizerConfig.preset("brats128")
-        generator_config = TransformerConfig.preset("brats128")
+        transformer_config = TransformerConfig.preset("brats128")
     else:
         tokenizer_config = TokenizerConfig.preset("tiny", roi_size=size)
-        generator_config = TransformerConfig.preset("tiny", dim=96, depth=3, heads=4)
-    generator_config = generator_config.replace(
+        transformer_config = TransformerConfig.preset("tiny", dim=96, depth=3, heads=4)
+    transformer_config = transformer_config.replace(
         codebook_size=tokenizer_config.codebook_size, token_grid=tokenizer_config.token_grid
     )
     return TumorGenerator(
-        VQGAN3D(tokenizer_config), MaskedTransformer(generator_config), device=device
+        VQGAN3D(tokenizer_config), MaskedTransformer(transformer_config), device=device
     )
 
 
@@ -50,12 +51,14 @@ def measure(generator: TumorGenerator, n: int, steps: int, guidance: float, batc
     )
     labels = ["HGG", "LGG"] * (n // 2) + ["HGG"] * (n % 2)
     try:
-        generator.generate(labels[:batch], seed=1, steps=2, guidance_scale=guidance)  # warm-up
+        warm_up = SamplingConfig(steps=2, guidance_scale=guidance)
+        generator.generate(labels[:batch], seed=1, sampling=warm_up)
         rows.clear()
         if generator.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        generator.generate(labels, seed=0, steps=steps, guidance_scale=guidance, batch_size=batch)
+        sampling = SamplingConfig(steps=steps, guidance_scale=guidance)
+        generator.generate(labels, seed=0, sampling=sampling, batch_size=batch)
         if generator.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -90,7 +93,7 @@ def main() -> None:
             continue
         generator = build(size, device)
         n = args.n or {32: 8, 64: 4, 128: 16}.get(size, 4)
-        tokens = generator.generator_config.num_tokens
+        tokens = generator.transformer_config.num_tokens
         for steps in args.steps:
             for guidance in args.guidance:
                 r = measure(generator, n, steps, guidance, args.batch_size)

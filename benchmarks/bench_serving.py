@@ -30,9 +30,9 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader
 
-from tumoraug.bank import BankBatches, SyntheticBank
+from tumoraug.augment import BankBatches, SyntheticBank, SyntheticTumorDataset
 from tumoraug.data import ROIDataset
-from tumoraug.dataset import SyntheticTumorDataset
+from tumoraug.sampling import SamplingConfig
 
 
 def build_inputs(workdir: Path, size: int, n: int) -> tuple[Path, Path]:
@@ -55,7 +55,7 @@ def build_inputs(workdir: Path, size: int, n: int) -> tuple[Path, Path]:
 
 
 def random_model(workdir: Path, size: int) -> Path:
-    from tumoraug.config import TransformerConfig, TokenizerConfig
+    from tumoraug.config import TokenizerConfig, TransformerConfig
     from tumoraug.generator import TumorGenerator
     from tumoraug.models.transformer import MaskedTransformer
     from tumoraug.models.vqgan import VQGAN3D
@@ -136,11 +136,16 @@ def main() -> None:
         # Reading speed does not depend on the contents: the bank is filled cheaply (one
         # decoding round, no guidance); generation is timed by the on-the-fly row.
         bank = SyntheticBank.build(
-            model, len(files), None, workdir / "bank.npy", steps=1, guidance_scale=1.0,
+            model, len(files), None, workdir / "bank.npy",
+            sampling=SamplingConfig(steps=1, guidance_scale=1.0),
             batch_size=args.batch_size, device=device,
         )  # fmt: skip
         on_the_fly = SyntheticTumorDataset(
-            model, args.n_generate, steps=args.steps, device=device, block_size=args.batch_size
+            model,
+            args.n_generate,
+            sampling=SamplingConfig(steps=args.steps),
+            device=device,
+            block_size=args.batch_size,
         )
         datasets = {
             "real ROIs from NIfTI (.nii.gz)": (from_nifti, args.epochs),

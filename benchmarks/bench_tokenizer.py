@@ -17,9 +17,10 @@ import time
 import torch
 
 from tumoraug.config import TokenizerConfig
+from tumoraug.device import autocast
 from tumoraug.models.vqgan import VQGAN3D
 from tumoraug.training.loop import StepContext
-from tumoraug.training.tokenizer import TokenizerTask
+from tumoraug.training.tokenizer import TokenizerRecipe, TokenizerTask
 
 
 def _sync(device: torch.device) -> None:
@@ -41,11 +42,11 @@ def _timed(fn, repeats: int, device: torch.device) -> float:
 def bench(
     preset: str, size: int, batch: int, device: torch.device, repeats: int, checkpointing: bool
 ) -> dict[str, str]:
-    config = TokenizerConfig.preset(preset, roi_size=size, disc_start=0)
+    config = TokenizerConfig.preset(preset, roi_size=size)
     torch.manual_seed(0)
     model = VQGAN3D(config).to(device)
     model.set_gradient_checkpointing(checkpointing)
-    task = TokenizerTask(model, lr=1e-4)
+    task = TokenizerTask(model, TokenizerRecipe.for_preset(preset).replace(disc_start=0), lr=1e-4)
     modules = {k: m.to(device).train() for k, m in task.modules().items()}
     optimizers = task.configure_optimizers(modules)
     params = {n: [p for g in o.param_groups for p in g["params"]] for n, o in optimizers.items()}
@@ -58,7 +59,7 @@ def bench(
     def train_step() -> None:
         for o in optimizers.values():
             o.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device):
             losses = task.training_step(batch_data, ctx).losses
         for i, (name, loss) in enumerate(losses.items()):
             loss.float().backward(inputs=params[name], retain_graph=i < len(losses) - 1)
@@ -69,7 +70,7 @@ def bench(
     step_s = _timed(train_step, repeats, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     model.eval()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.no_grad(), autocast(device):
         tokens, _ = model.encode(x)
         encode_s = _timed(lambda: model.encode(x), repeats, device)
         decode_s = _timed(lambda: model.decode(tokens), repeats, device)

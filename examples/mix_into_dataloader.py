@@ -17,9 +17,10 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
+from tumoraug.augment import SyntheticTumorDataset, mix
 from tumoraug.data import ROIDataset
-from tumoraug.dataset import SyntheticTumorDataset, mix
 from tumoraug.pretrained import demo_model_path
+from tumoraug.sampling import SamplingConfig
 
 
 def phantom_rois(workdir: Path) -> Path:
@@ -60,7 +61,9 @@ def main() -> None:
         data = args.data or phantom_rois(Path(tmp))
         real = ROIDataset(data)
         # The generator is given as a path: each worker loads it lazily, once.
-        synthetic = SyntheticTumorDataset(model, length=1000, seed=0, steps=4, device="cpu")
+        synthetic = SyntheticTumorDataset(
+            model, length=1000, seed=0, sampling=SamplingConfig(steps=4), device="cpu"
+        )
 
         mixed = mix(real, synthetic, ratio=args.ratio, seed=0)  # <- the one line
         loader = tio.SubjectsLoader(mixed, batch_size=4, shuffle=True, num_workers=args.workers)

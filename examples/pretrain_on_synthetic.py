@@ -22,9 +22,8 @@ import torchio as tio
 from torch import nn
 from torch.utils.data import Subset
 
-from tumoraug.bank import SyntheticBank
+from tumoraug.augment import SyntheticBank, SyntheticThenReal, SyntheticTumorDataset
 from tumoraug.data import ROIDataset, subject_tensors
-from tumoraug.dataset import SyntheticThenReal, SyntheticTumorDataset
 from tumoraug.metrics import roc_auc
 from tumoraug.pretrained import demo_model_path
 

@@ -19,9 +19,10 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader
 
+from tumoraug.augment import RandomSyntheticReplace
 from tumoraug.data import ROIDataset
 from tumoraug.pretrained import demo_model_path
-from tumoraug.transforms import RandomSyntheticReplace
+from tumoraug.sampling import SamplingConfig
 
 
 def phantom_rois(workdir: Path) -> Path:
@@ -49,7 +50,9 @@ def main() -> None:
         transform = tio.Compose(
             [
                 tio.RandomFlip(axes=(0, 1, 2)),
-                RandomSyntheticReplace(model, p=args.p, steps=4, include=["image"]),
+                RandomSyntheticReplace(
+                    model, p=args.p, sampling=SamplingConfig(steps=4), include=["image"]
+                ),
                 tio.RandomNoise(std=0.02),
             ]
         )

@@ -24,11 +24,11 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from tumoraug import TumorGenerator
-from tumoraug.config import TransformerConfig, TokenizerConfig
+from tumoraug.config import TokenizerConfig, TransformerConfig
 from tumoraug.data import ROIDataset, preprocess, subject_tensors, write_phantom_dataset
 from tumoraug.models.vqgan import VQGAN3D
-from tumoraug.training.generator import train_generator
-from tumoraug.training.tokenizer import train_tokenizer
+from tumoraug.sampling import SamplingConfig
+from tumoraug.training import TrainConfig, TransformerRecipe, train_tokenizer, train_transformer
 from tumoraug.viz import save_montage
 
 
@@ -93,40 +93,24 @@ def main() -> None:
     t = time.perf_counter()
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None:
-        train_tokenizer(
-            TokenizerConfig.preset("tiny", roi_size=args.roi),
-            data,
-            work / "stage1",
-            max_steps=args.tokenizer_steps,
-            batch_size=4,
-            lr=5e-4,
-            device="cpu",
-            seed=args.seed,
-            image_every=0,
-            checkpoint_every=100,
-            progress=False,
-        )
+        train = TrainConfig.preset(
+            "tokenizer", steps=args.tokenizer_steps, batch_size=4, lr=5e-4, device="cpu",
+            seed=args.seed, image_every=0, checkpoint_every=100,
+        )  # fmt: skip
+        config = TokenizerConfig.preset("tiny", roi_size=args.roi)
+        train_tokenizer(config, data, work / "stage1", train, progress=False)
         tokenizer_dir = work / "stage1" / "tokenizer"
     times["tokenizer_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     model_dir = work / f"model_{args.masking}"
-    config = TransformerConfig.preset(
-        "tiny", dim=96, depth=3, heads=4, dropout=0.1, masking=args.masking
-    )
-    train_generator(
-        config,
-        (tokenizer_dir, data),
-        model_dir,
-        max_steps=args.generator_steps,
-        batch_size=16,
-        lr=1e-3,
-        warmup_steps=50,
-        device="cpu",
-        seed=args.seed,
-        checkpoint_every=100,
-        progress=False,
-    )
+    config = TransformerConfig.preset("tiny", dim=96, depth=3, heads=4, dropout=0.1)
+    train = TrainConfig(
+        steps=args.generator_steps, batch_size=16, lr=1e-3, warmup_steps=50, device="cpu",
+        seed=args.seed, checkpoint_every=100,
+    )  # fmt: skip
+    recipe = TransformerRecipe(masking=args.masking)
+    train_transformer(config, (tokenizer_dir, data), model_dir, train, recipe, progress=False)
     times["generator_s"] = time.perf_counter() - t
     metrics = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -145,8 +129,9 @@ def main() -> None:
     for guidance in args.guidance:
         t = time.perf_counter()
         rois = generator.generate(
-            labels.tolist(), seed=args.seed, steps=args.steps, guidance_scale=guidance,
-            temperature=args.temperature, batch_size=16,
+            labels.tolist(), seed=args.seed, batch_size=16, sampling=SamplingConfig(
+                steps=args.steps, guidance_scale=guidance, temperature=args.temperature
+            ),
         )  # fmt: skip
         elapsed = time.perf_counter() - t
         results["generated"][str(guidance)] = {

@@ -24,7 +24,7 @@ from torch.utils.data import Subset
 from tumoraug.config import TokenizerConfig
 from tumoraug.data import ROIDataset, preprocess, subject_tensors, write_phantom_dataset
 from tumoraug.models.vqgan import VQGAN3D
-from tumoraug.training.tokenizer import train_tokenizer
+from tumoraug.training import TokenizerRecipe, TrainConfig, train_tokenizer
 
 
 def held_out_quality(model: VQGAN3D, data: Subset) -> dict[str, float]:
@@ -78,23 +78,24 @@ def main() -> None:
     test = Subset(dataset, order[: args.held_out].tolist())
     train = Subset(dataset, order[args.held_out :].tolist())
 
-    overrides = {"roi_size": 32}
+    config = TokenizerConfig.preset("tiny", roi_size=32)
+    recipe = TokenizerRecipe.preset("tiny")
     if args.tumor_weight is not None:
-        overrides["importance_tumor_weight"] = args.tumor_weight
-    config = TokenizerConfig.preset("tiny", **overrides)
-    run_dir = args.work / f"run_tw{config.importance_tumor_weight:g}_s{args.steps}"
-    start = time.perf_counter()
-    train_tokenizer(
-        config, train, run_dir, max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        device="cpu", seed=args.seed, checkpoint_every=250, image_every=250, log_every=25,
+        recipe = recipe.replace(importance_tumor_weight=args.tumor_weight)
+    run_dir = args.work / f"run_tw{recipe.importance_tumor_weight:g}_s{args.steps}"
+    run = TrainConfig.preset(
+        "tokenizer", steps=args.steps, batch_size=args.batch_size, lr=args.lr, device="cpu",
+        seed=args.seed, checkpoint_every=250, image_every=250, log_every=25,
     )  # fmt: skip
+    start = time.perf_counter()
+    train_tokenizer(config, train, run_dir, run, recipe)
     minutes = (time.perf_counter() - start) / 60
     results = {
         "steps": args.steps,
         "batch_size": args.batch_size,
         "train_rois": len(train),
         "train_minutes": round(minutes, 2),
-        "importance_tumor_weight": config.importance_tumor_weight,
+        "importance_tumor_weight": recipe.importance_tumor_weight,
         **held_out_quality(VQGAN3D.from_pretrained(run_dir / "tokenizer"), test),
     }
     (run_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n")

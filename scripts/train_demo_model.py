@@ -1,8 +1,8 @@
-"""Train the stage-2 generator of the embedded demo model (or one arm of the topk ablation).
+"""Train the stage-2 transformer of the embedded demo model (or one arm of the topk ablation).
 
 Trains a small `MaskedTransformer` on the tokens of an already trained tokenizer and a 32³
 phantom ROI cache, then writes a clean, shippable model folder (``tumoraug.json``,
-``tokenizer/``, ``generator/``, no checkpoints or corpus) to ``--ship``. The embedded demo
+``tokenizer/``, ``transformer/``, no checkpoints or corpus) to ``--ship``. The embedded demo
 model at ``src/tumoraug/pretrained/demo`` was made with::
 
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --steps 900 \\
@@ -27,9 +27,9 @@ from pathlib import Path
 
 from tumoraug import TumorGenerator
 from tumoraug.config import TransformerConfig
-from tumoraug.training.generator import train_generator
+from tumoraug.training import TrainConfig, TransformerRecipe, train_transformer
 
-SHIPPED = ("tumoraug.json", "tokenizer", "generator")
+SHIPPED = ("tumoraug.json", "tokenizer", "transformer")
 
 
 def main() -> None:
@@ -48,24 +48,24 @@ def main() -> None:
     parser.add_argument("--ship", type=Path, default=None, help="Copy the final model here.")
     args = parser.parse_args()
 
-    config = TransformerConfig.preset(
-        "tiny", dim=args.dim, depth=args.depth, heads=4, dropout=0.1, topk_ratio=args.topk_ratio
-    )
+    config = TransformerConfig.preset("tiny", dim=args.dim, depth=args.depth, heads=4, dropout=0.1)
+    recipe = TransformerRecipe(topk_ratio=args.topk_ratio)
     args.out.mkdir(parents=True, exist_ok=True)
-    config.to_json(args.out / "generator_config.json")
+    config.to_json(args.out / "transformer_config.json")
     print(
-        f"CLI equivalent: tumoraug train-generator --tokenizer {args.tokenizer} --data {args.data}"
-        f" --out {args.out} --config {args.out / 'generator_config.json'} --steps {args.steps}"
-        f" --batch-size {args.batch_size} --lr {args.lr:g} --warmup {args.warmup} --device cpu"
-        f" --seed {args.seed} --checkpoint-every 200",
+        f"CLI equivalent: tumoraug train-transformer --tokenizer {args.tokenizer} --data"
+        f" {args.data} --out {args.out} --config {args.out / 'transformer_config.json'}"
+        f" --topk-ratio {args.topk_ratio:g} --steps {args.steps} --batch-size {args.batch_size}"
+        f" --lr {args.lr:g} --warmup {args.warmup} --device cpu --seed {args.seed}"
+        " --checkpoint-every 200",
         flush=True,
     )
-    start = time.perf_counter()
-    train_generator(
-        config, (args.tokenizer, args.data), args.out, max_steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, device="cpu",
-        seed=args.seed, checkpoint_every=200, log_every=10, progress=False,
+    train = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+        device="cpu", seed=args.seed, checkpoint_every=200,
     )  # fmt: skip
+    start = time.perf_counter()
+    train_transformer(config, (args.tokenizer, args.data), args.out, train, recipe, progress=False)
     minutes = (time.perf_counter() - start) / 60
     lines = (args.out / "metrics.jsonl").read_text().splitlines()
     summary = {"train_minutes": round(minutes, 2), "final": json.loads(lines[-1])}

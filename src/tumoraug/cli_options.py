@@ -1,0 +1,80 @@
+"""The options and option parsers that the ``tumoraug`` commands share, declared once.
+
+An option whose default is None is left out of the config it feeds, so the library's own
+default (`SamplingConfig`, `TrainConfig`, the recipes) applies.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from tumoraug.errors import TumorAugError
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def opt(flags: str, help: str, default: Any = None) -> Any:
+    """A typer option; ``default=None`` leaves the library's default in charge."""
+    return typer.Option(default, *flags.split("|"), help=help)
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user set (None means: keep the config's default)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def sampling_config(steps: int | None, guidance: float | None, temperature: float | None) -> Any:
+    """A `SamplingConfig` from the sampling options that were given."""
+    from tumoraug.sampling import SamplingConfig
+
+    return SamplingConfig(**given(steps=steps, guidance_scale=guidance, temperature=temperature))
+
+
+def int_list(text: str, option: str) -> tuple[int, ...]:
+    """Parse comma-separated integers, or fail naming the option."""
+    from tumoraug.errors import ConfigError
+
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+STEPS = opt("--steps", "Decoding rounds (default: SamplingConfig).")
+TRAIN_STEPS = opt("--steps", "Optimizer steps (default: TrainConfig preset of the stage).")
+BATCH = opt("--batch-size", "Items per step and process.")
+ACCUM = opt("--grad-accum", "Micro-batches per optimizer step.")
+LR = opt("--lr", "Learning rate.")
+CHECKPOINT_EVERY = opt("--checkpoint-every", "Checkpoint interval in steps.")
+IMAGE_EVERY = opt("--image-every", "PNG montage interval in steps (0 = off).")
+TRAIN_DEVICE = opt("--device", "auto, cpu or cuda.")
+SEED = opt("--seed", "Seed of initialisation, data order and masking.")
+RESUME = opt("--resume/--no-resume", "Continue the last checkpoint.", True)
+PRESET = opt("--preset", "Config and recipe preset: brats128 or tiny.", "brats128")
+OUT = opt("--out|-o", "Output folder for the reports.", "evaluation")
+DATA = opt("--data|-d", "Real ROI cache folder (from preprocess).", ...)
+GUIDANCE = opt("--guidance", "Classifier-free guidance, 1 = off.")
+TEMPERATURE = opt("--temperature", "Sampling temperature.")
+
+
+DEVICE = opt("--device", "auto, cpu or cuda.", "auto")
+
+
+def friendly_errors(func: F) -> F:
+    """Turn a `TumorAugError` into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except TumorAugError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper  # type: ignore[return-value]
