@@ -1,10 +1,13 @@
-"""Short training of the tiny tokenizer on phantom ROIs, then held-out quality numbers.
+"""Training of a tokenizer preset on phantom ROIs, then held-out quality numbers.
 
 Writes phantoms, caches 32³ ROIs, holds out a fixed set of ROIs, trains with
 `train_tokenizer` and reports on the held-out ROIs: reconstruction PSNR, the share of the
-codebook their tokens use, and the mean importance of tokens inside vs outside the tumor.
+codebook their tokens use, the mean importance of tokens inside vs outside the tumor, and
+(``importance="classifier"``) the grade accuracy of the importance head.
 
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --steps 1500
+    OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --preset small32 \
+        --steps 4000 --batch-size 4
 
 Results go to ``<work>/quality.json`` and are printed as a table.
 """
@@ -31,11 +34,14 @@ def held_out_quality(model: VQGAN3D, data: Subset) -> dict[str, float]:
     """PSNR, codebook share and importance inside/outside the tumor over ``data``."""
     model.eval()
     factor = model.config.downsample_factor
-    psnrs, inside, outside, ratios, used = [], [], [], [], set()
+    psnrs, inside, outside, ratios, used, hits = [], [], [], [], set(), []
     with torch.no_grad():
         for i in range(len(data)):
-            image, seg, _ = subject_tensors(data[i])
+            image, seg, label = subject_tensors(data[i])
             tokens, importance = model.encode(image)
+            logits = model(image).grade_logits
+            if logits is not None:
+                hits.append(int(logits.argmax(-1).item() == int(label[0])))
             rec = model.decode(tokens)
             mse = F.mse_loss(rec, image).item()
             psnrs.append(10 * math.log10(4.0 / max(mse, 1e-12)))  # data range [-1, 1]
@@ -54,6 +60,7 @@ def held_out_quality(model: VQGAN3D, data: Subset) -> dict[str, float]:
         "importance_outside_tumor": sum(outside) / len(outside),
         "importance_ratio_mean": sum(ratios) / len(ratios),
         "rois_with_ratio_above_1": sum(r > 1 for r in ratios) / len(ratios),
+        **({"grade_accuracy": sum(hits) / len(hits)} if hits else {}),
     }
 
 
@@ -66,6 +73,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--tumor-weight", type=float, default=None, help="Override aux weight.")
+    parser.add_argument("--preset", default="tiny", help="TokenizerConfig preset (roi 32).")
+    parser.add_argument("--importance", default=None, help="classifier or gate (preset's).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -78,11 +87,14 @@ def main() -> None:
     test = Subset(dataset, order[: args.held_out].tolist())
     train = Subset(dataset, order[args.held_out :].tolist())
 
-    config = TokenizerConfig.preset("tiny", roi_size=32)
-    recipe = TokenizerRecipe.preset("tiny")
+    overrides = {"roi_size": 32}
+    if args.importance is not None:
+        overrides["importance"] = args.importance
+    config = TokenizerConfig.preset(args.preset, **overrides)
+    recipe = TokenizerRecipe.for_preset(args.preset)
     if args.tumor_weight is not None:
         recipe = recipe.replace(importance_tumor_weight=args.tumor_weight)
-    run_dir = args.work / f"run_tw{recipe.importance_tumor_weight:g}_s{args.steps}"
+    run_dir = args.work / f"run_{args.preset}_{config.importance}_s{args.steps}"
     run = TrainConfig.preset(
         "tokenizer", steps=args.steps, batch_size=args.batch_size, lr=args.lr, device="cpu",
         seed=args.seed, checkpoint_every=250, image_every=250, log_every=25,

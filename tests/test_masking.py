@@ -1,4 +1,4 @@
-"""Hybrid importance masking and MaskGIT masking: exact counts, 3D dilation, determinism."""
+"""Hybrid importance masking on the MaskGIT budget: exact counts, matched arms, the pool."""
 
 from __future__ import annotations
 
@@ -8,176 +8,161 @@ import pytest
 import torch
 
 from tumoraug.training.masking import (
+    add_face_neighbours,
     corrupt,
     cosine_schedule,
-    dilate,
+    draw_seeds,
     hybrid_corrupt,
-    importance_mask,
+    importance_pool,
+    mask_counts,
     maskgit_corrupt,
-    random_mask,
-    random_replace,
-    topk_mask,
 )
 
 MASK_ID = 16
 CODEBOOK = 16
+GRID = (8, 4, 4, 4)
 
 
-def gen(seed: int = 0) -> torch.Generator:
+def rng(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def point_importance(shape, points) -> torch.Tensor:
-    """An importance map that is 0 everywhere except 1 at the given (b, z, y, x) points."""
-    importance = torch.zeros(shape)
-    for point in points:
-        importance[point] = 1.0
-    return importance
+def grids(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = rng(100 + seed)
+    return torch.randint(CODEBOOK, GRID, generator=g), torch.rand(GRID, generator=g)
 
 
-def test_topk_picks_exactly_the_most_important_positions():
-    importance = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4, 4)
-    mask = topk_mask(importance, 0.25)
-    assert mask.shape == importance.shape
-    assert mask.reshape(2, -1).sum(1).tolist() == [16, 16]
-    # the 16 largest values of each grid are its last 16 flat positions
-    assert mask.reshape(2, -1)[:, -16:].all()
-    assert not mask.reshape(2, -1)[:, :-16].any()
+def expected_counts(seed: int) -> list[int]:
+    """``ceil(r * T)`` with ``r = cos(pi/2 u)``, u the first draw of the step's generator."""
+    total = math.prod(GRID[1:])
+    u = torch.rand(GRID[0], generator=rng(seed), dtype=torch.float64)
+    return [max(1, math.ceil(float(cosine_schedule(v)) * total - 1e-9)) for v in u]
 
 
-def test_topk_ties_are_stable_and_zero_ratio_is_empty():
-    flat_ties = torch.zeros(1, 2, 2, 2)
-    assert topk_mask(flat_ties, 0.25).reshape(-1).tolist() == [True, True] + [False] * 6
-    assert not topk_mask(flat_ties, 0.0).any()
-    assert topk_mask(flat_ties, 0.01).sum() == 1  # a positive ratio masks at least one token
+@pytest.mark.parametrize("topk_ratio", [0.0, 0.25, 0.5, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_masked_count_per_sample_is_ceil_r_times_t_for_every_topk_ratio(topk_ratio, seed):
+    tokens, importance = grids(seed)
+    _, masked, replaced = hybrid_corrupt(
+        tokens, importance, rng(seed), mask_id=MASK_ID, codebook_size=CODEBOOK,
+        topk_ratio=topk_ratio, random_replace_ratio=0.1,
+    )  # fmt: skip
+    assert masked.reshape(GRID[0], -1).sum(1).tolist() == expected_counts(seed)
+    assert not (masked & replaced).any()
 
 
-def test_dilation_is_a_3d_cube_inside_the_grid():
-    centre = point_importance((1, 5, 5, 5), [(0, 2, 2, 2)]) > 0
-    grown = dilate(centre, 1)
-    assert grown.sum() == 27
-    assert grown[0, 1:4, 1:4, 1:4].all()
-    assert dilate(centre, 2).sum() == 125
-    assert torch.equal(dilate(centre, 0), centre)
+def test_corrupted_fraction_distribution_is_identical_across_arms():
+    fractions = {}
+    for topk_ratio in (0.0, 0.25, 0.5):
+        per_arm = []
+        for seed in range(20):
+            tokens, importance = grids(seed)
+            _, masked, replaced = hybrid_corrupt(
+                tokens, importance, rng(seed), mask_id=MASK_ID, codebook_size=CODEBOOK,
+                topk_ratio=topk_ratio, random_replace_ratio=0.1,
+            )  # fmt: skip
+            per_arm += (masked | replaced).reshape(GRID[0], -1).float().mean(1).tolist()
+        fractions[topk_ratio] = per_arm
+    assert fractions[0.0] == fractions[0.25] == fractions[0.5]
 
 
-def test_dilation_stops_at_grid_borders():
-    corner = point_importance((1, 4, 4, 4), [(0, 0, 0, 0)]) > 0
-    assert dilate(corner, 1).sum() == 8  # 2x2x2: nothing wraps around or spills out
-    edge = point_importance((1, 4, 4, 4), [(0, 0, 0, 2)]) > 0
-    assert dilate(edge, 1).sum() == 2 * 2 * 3
-    far = point_importance((1, 4, 4, 4), [(0, 3, 3, 3)]) > 0
-    assert dilate(far, 1)[0, 2:, 2:, 2:].all() and dilate(far, 1).sum() == 8
-
-
-def test_importance_mask_combines_topk_and_neighbours_per_sample():
-    importance = point_importance((2, 6, 6, 6), [(0, 3, 3, 3), (1, 0, 5, 0)])
-    mask = importance_mask(importance, 1 / 216, 1)  # exactly one top token per grid
-    assert mask[0].sum() == 27 and mask[0, 2:5, 2:5, 2:5].all()
-    assert mask[1].sum() == 8 and mask[1, 0:2, 4:6, 0:2].all()
-
-
-def test_random_mask_counts_follow_the_ratio():
-    shape = (3, 4, 4, 4)
-    mask = random_mask(shape, gen(), ratio=0.5)
-    assert mask.reshape(3, -1).sum(1).tolist() == [32, 32, 32]
-    assert random_mask(shape, gen(), ratio=1.0).all()
-    assert random_mask(shape, gen(), ratio=0.0).reshape(3, -1).sum(1).tolist() == [1, 1, 1]
-    # sampled ratios: counts are ceil(cos(pi/2 u) * N) with u drawn first from the generator
-    g = gen(7)
-    u = torch.rand(3, generator=gen(7), dtype=torch.float64)
-    expected = [max(1, math.ceil(float(cosine_schedule(x)) * 64 - 1e-9)) for x in u]
-    assert random_mask(shape, g).reshape(3, -1).sum(1).tolist() == expected
-
-
-def test_random_replace_exact_count_only_among_candidates():
-    tokens = torch.zeros(2, 4, 4, 4, dtype=torch.long)
-    candidates = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
-    candidates[:, :2] = True  # 32 candidates per sample
-    new, replaced = random_replace(tokens, candidates, 0.25, CODEBOOK, gen())
-    assert replaced.reshape(2, -1).sum(1).tolist() == [8, 8]
-    assert not (replaced & ~candidates).any()
-    assert torch.equal(new[~replaced], tokens[~replaced])
-    assert int(new.max()) < CODEBOOK and int(new.min()) >= 0
-
-
-def test_hybrid_exact_counts_of_masked_and_replaced_positions():
-    tokens = torch.randint(CODEBOOK, (2, 6, 6, 6), generator=gen(1))
-    importance = point_importance((2, 6, 6, 6), [(0, 3, 3, 3), (1, 0, 0, 0)])
-    corrupted, mask = hybrid_corrupt(
-        tokens,
-        importance,
-        gen(),
-        mask_id=MASK_ID,
-        codebook_size=CODEBOOK,
-        topk_ratio=1 / 216,
-        neighbor_radius=1,
-        random_replace_ratio=0.5,
-        random_mask_prob=0.0,
-    )
-    masked = corrupted == MASK_ID
-    assert masked.reshape(2, -1).sum(1).tolist() == [27, 8]
-    # half of the remaining (216-27, 216-8) unimportant tokens are corrupted by replacement
-    replaced = mask & ~masked
-    assert replaced.reshape(2, -1).sum(1).tolist() == [round(189 * 0.5), round(208 * 0.5)]
-    assert torch.equal(corrupted[~mask], tokens[~mask])
-    assert int(corrupted[replaced].max()) < CODEBOOK
-
-
-def test_hybrid_random_mask_adds_on_top_of_importance_mask():
-    tokens = torch.randint(CODEBOOK, (4, 4, 4, 4), generator=gen(1))
-    importance = torch.rand(4, 4, 4, 4, generator=gen(2))
-    base = importance_mask(importance, 0.25, 1)
-    corrupted, mask = hybrid_corrupt(
-        tokens,
-        importance,
-        gen(),
-        mask_id=MASK_ID,
-        codebook_size=CODEBOOK,
-        random_replace_ratio=0.0,
-        random_mask_prob=1.0,
-    )
-    masked = corrupted == MASK_ID
-    assert torch.equal(masked, mask)
-    assert (masked | ~base).all()  # every important position stays masked
-    assert masked.sum() >= base.sum()
-
-
-def test_topk_zero_gives_pure_random_masking():
-    tokens = torch.randint(CODEBOOK, (3, 4, 4, 4), generator=gen(1))
-    importance = torch.rand(3, 4, 4, 4, generator=gen(2))
+def test_topk_zero_is_exactly_plain_maskgit():
+    tokens, importance = grids()
     hybrid = hybrid_corrupt(
-        tokens, importance, gen(5), mask_id=MASK_ID, codebook_size=CODEBOOK, topk_ratio=0.0
-    )
-    plain = maskgit_corrupt(tokens, MASK_ID, gen(5))
-    assert torch.equal(hybrid[0], plain[0]) and torch.equal(hybrid[1], plain[1])
-    # pure masking: every corrupted position is [MASK], nothing is replaced
-    assert torch.equal(hybrid[0] == MASK_ID, hybrid[1])
+        tokens, importance, rng(7), mask_id=MASK_ID, codebook_size=CODEBOOK, topk_ratio=0.0,
+        random_replace_ratio=0.0,
+    )  # fmt: skip
+    plain = maskgit_corrupt(tokens, MASK_ID, rng(7))
+    for a, b in zip(hybrid, plain, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(corrupt(tokens, importance, rng(7), mode="random", mask_id=MASK_ID,
+                               codebook_size=CODEBOOK)[1], plain[1])  # fmt: skip
+
+
+def test_no_seed_is_drawn_outside_the_pool_and_seeds_follow_the_score():
+    importance = torch.rand(GRID, generator=rng(3))
+    pool = importance_pool(importance, 0.25)
+    assert pool.reshape(GRID[0], -1).sum(1).tolist() == [16] * GRID[0]
+    counts = torch.full((GRID[0],), 8)
+    hits = torch.zeros(GRID)
+    for seed in range(200):
+        seeds = draw_seeds(importance, pool, counts, rng(seed))
+        assert seeds.reshape(GRID[0], -1).sum(1).tolist() == [8] * GRID[0]
+        assert not (seeds & ~pool).any()
+        hits += seeds.float()
+    # within the pool, higher scores are drawn more often (proportional draws)
+    for b in range(GRID[0]):
+        scores, counts_b = importance[b][pool[b]], hits[b][pool[b]]
+        top, bottom = scores.argmax(), scores.argmin()
+        assert counts_b[top] >= counts_b[bottom]
+
+
+def test_each_seed_adds_one_face_neighbour_inside_the_grid():
+    seeds = torch.zeros(2, 3, 3, 3, dtype=torch.bool)
+    seeds[0, 1, 1, 1] = True  # centre: 6 candidates
+    seeds[1, 0, 0, 0] = True  # corner: 3 candidates
+    grown = add_face_neighbours(seeds, rng(0))
+    assert grown.reshape(2, -1).sum(1).tolist() == [2, 2]
+    for b, (z, y, x) in ((0, (1, 1, 1)), (1, (0, 0, 0))):
+        (extra,) = [tuple(p) for p in (grown[b] & ~seeds[b]).nonzero().tolist()]
+        assert sum(abs(a - c) for a, c in zip(extra, (z, y, x), strict=True)) == 1
+
+
+def test_hybrid_masks_the_important_region_more_often_than_plain_maskgit():
+    tokens = torch.randint(CODEBOOK, GRID, generator=rng(1))
+    importance = torch.full(GRID, 0.01)
+    importance[:, :2] = 1.0  # the first two slices are the important region
+    rates = {}
+    for topk_ratio in (0.0, 0.5):
+        masked_total = torch.zeros(GRID)
+        for seed in range(50):
+            _, masked, _ = hybrid_corrupt(
+                tokens, importance, rng(seed), mask_id=MASK_ID, codebook_size=CODEBOOK,
+                topk_ratio=topk_ratio, random_replace_ratio=0.0,
+            )  # fmt: skip
+            masked_total += masked.float()
+        rates[topk_ratio] = masked_total[:, :2].mean() / masked_total[:, 2:].mean()
+    assert rates[0.5] > 1.5 * rates[0.0]
+
+
+def test_random_codes_replace_a_bounded_share_of_visible_tokens_only():
+    tokens, importance = grids()
+    corrupted, masked, replaced = hybrid_corrupt(
+        tokens, importance, rng(5), mask_id=MASK_ID, codebook_size=CODEBOOK, topk_ratio=0.25,
+        random_replace_ratio=0.5,
+    )  # fmt: skip
+    total = math.prod(GRID[1:])
+    visible = total - masked.reshape(GRID[0], -1).sum(1)
+    assert replaced.reshape(GRID[0], -1).sum(1).tolist() == torch.round(visible * 0.5).tolist()
+    assert (corrupted[masked] == MASK_ID).all()
+    assert (corrupted[~masked] < CODEBOOK).all()
+    assert torch.equal(corrupted[~masked & ~replaced], tokens[~masked & ~replaced])
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "random"])
 def test_corruption_is_deterministic_with_a_seed(mode):
-    tokens = torch.randint(CODEBOOK, (2, 4, 4, 4), generator=gen(1))
-    importance = torch.rand(2, 4, 4, 4, generator=gen(2))
-    kwargs = dict(mode=mode, mask_id=MASK_ID, codebook_size=CODEBOOK, random_replace_ratio=0.3)
-    a = corrupt(tokens, importance, gen(3), **kwargs)
-    b = corrupt(tokens, importance, gen(3), **kwargs)
-    c = corrupt(tokens, importance, gen(4), **kwargs)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[1], c[1]) or not torch.equal(a[0], c[0])
+    tokens, importance = grids()
+    kwargs = dict(mode=mode, mask_id=MASK_ID, codebook_size=CODEBOOK)
+    a = corrupt(tokens, importance, rng(11), **kwargs)
+    b = corrupt(tokens, importance, rng(11), **kwargs)
+    c = corrupt(tokens, importance, rng(12), **kwargs)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[1], c[1])
+
+
+def test_mask_counts_cover_the_whole_schedule():
+    counts = mask_counts(4000, 64, rng(0))
+    assert int(counts.min()) >= 1 and int(counts.max()) == 64
+    assert 0.55 < counts.float().mean().item() / 64 < 0.72  # E[cos(pi/2 u)] = 2/pi
 
 
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match="masking mode"):
-        corrupt(
-            torch.zeros(1, 2, 2, 2, dtype=torch.long),
-            torch.zeros(1, 2, 2, 2),
-            gen(),
-            mode="nope",
-            mask_id=1,
-            codebook_size=1,
-        )
-    with pytest.raises(ValueError, match="grid"):
-        topk_mask(torch.zeros(8), 0.5)
-    with pytest.raises(ValueError, match="radius"):
-        dilate(torch.zeros(1, 2, 2, 2, dtype=torch.bool), -1)
+    tokens, importance = grids()
+    with pytest.raises(ValueError, match="importance shape"):
+        hybrid_corrupt(tokens, importance[:, :2], rng(), mask_id=MASK_ID, codebook_size=16)
+    with pytest.raises(ValueError, match="topk ratio"):
+        importance_pool(importance, 1.5)
+    with pytest.raises(ValueError, match="unknown masking mode"):
+        corrupt(tokens, importance, rng(), mode="zigzag", mask_id=MASK_ID, codebook_size=16)
+    with pytest.raises(ValueError, match=r"\(B, d, h, w\)"):
+        maskgit_corrupt(tokens[0], MASK_ID, rng())

@@ -83,12 +83,44 @@ def test_train_tokenizer_writes_model_metrics_and_montages(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
     assert "g_loss" not in records[0] and "g_loss" in records[1]
     assert 0 < records[1]["codebook_used"] <= 1 and "codes_restarted" in records[1]
-    assert {"l1", "quant", "budget", "align", "perceptual", "perplexity"} <= set(records[0])
+    assert {"l1", "quant", "grade_loss", "grade_acc", "perceptual", "perplexity"} <= set(records[0])
     assert (tmp_path / "samples" / "step_00000002.png").stat().st_size > 0
     model = VQGAN3D.from_pretrained(tmp_path / "tokenizer")
     assert model.config == config
     tokens, importance = model.encode(torch.zeros(1, 1, 16, 16, 16))
     assert tokens.shape == importance.shape == (1, 4, 4, 4)
+
+
+def test_gate_importance_trains_with_its_budget_and_alignment_terms(tmp_path):
+    run = train(steps=2, batch_size=2, log_every=1, image_every=0)
+    config = tiny(importance="gate")
+    train_tokenizer(config, make_items(), tmp_path, run, recipe(), progress=False)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"budget", "align"} <= set(record) and "grade_loss" not in record
+
+
+def test_importance_classifier_learns_the_grade_on_tiny_phantoms(roi_cache, tmp_path):
+    """The paper's score network + grade head: HGG/LGG above chance after a few steps."""
+    from tumoraug.data import ROIDataset, subject_tensors
+
+    data = ROIDataset(roi_cache)
+    run = train(steps=40, batch_size=6, lr=3e-3, image_every=0, checkpoint_every=0)
+    rec = recipe(classifier_weight=0.5, disc_weight=0.0)
+    train_tokenizer(tiny(), data, tmp_path, run, rec, progress=False)
+    model = VQGAN3D.from_pretrained(tmp_path / "tokenizer")
+    images = torch.cat([subject_tensors(data[i])[0] for i in range(len(data))])
+    with torch.no_grad():
+        predicted = model(images).grade_logits.argmax(-1)
+    accuracy = (predicted == torch.tensor(data.labels)).float().mean().item()
+    assert accuracy > 0.5, accuracy
+
+
+def test_grade_weights_balance_a_minority_grade():
+    from tumoraug.training.tokenizer import grade_weights
+
+    weights = grade_weights([10, 30], 2, recipe())
+    assert torch.allclose(weights, torch.tensor([2.0, 2 / 3]))
+    assert torch.equal(grade_weights([10, 30], 2, recipe(balance_classes=False)), torch.ones(2))
 
 
 def test_perceptual_weight_needs_a_network_and_roi_size_must_match(tmp_path):
@@ -137,7 +169,8 @@ class GradRecorder(TokenizerTask):
 def run_recorder(out, batch_size):
     torch.manual_seed(0)
     Path(out).mkdir(parents=True, exist_ok=True)
-    task = GradRecorder(VQGAN3D(tiny()), out)
+    # The gate head: the classifier head's dropout draws differ between ranks and one process.
+    task = GradRecorder(VQGAN3D(tiny(importance="gate")), out)
     run = train(steps=2, batch_size=batch_size)
     fit(task, make_items(), out, run, progress=False, collate_fn=collate_rois)
 
@@ -170,7 +203,7 @@ def test_ddp_two_cpu_processes_match_single_process_gradients(tmp_path):
     # Only rank 0 wrote: one metrics line for the last step, one loadable model.
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2]
-    assert VQGAN3D.from_pretrained(tmp_path / "ddp" / "tokenizer").config == tiny()
+    assert VQGAN3D.from_pretrained(tmp_path / "ddp" / "tokenizer").config == tiny(importance="gate")
 
 
 def test_cli_train_tokenizer_on_a_phantom_cache(tmp_path):

@@ -123,6 +123,29 @@ def test_loss_is_cross_entropy_on_corrupted_positions_only():
     assert torch.allclose(loss, manual)
 
 
+def test_minority_grade_weighs_as_much_as_the_majority_and_is_logged_per_grade():
+    config = TransformerConfig.preset("tiny", **TINY)
+    model = MaskedTransformer(config)
+    recipe = TransformerRecipe(masking="random", class_dropout=0.0)
+    corpus = random_corpus(4)
+    labels = torch.tensor([1, 1, 1, 0])  # 3 HGG : 1 LGG
+    batch = (corpus.tokens, corpus.importance, labels)
+    logits_seen = []
+    model.register_forward_hook(lambda m, args, out: logits_seen.append((args[0], out)))
+    task = TransformerTask(model, recipe, lr=1e-3, class_counts=[1, 3])
+    out = task.training_step(batch, context(model=model))
+    corrupted, logits = logits_seen[0]
+    where = corrupted == config.mask_id
+    per_token = torch.nn.functional.cross_entropy(
+        logits[where], corpus.tokens[where], reduction="none"
+    )
+    weight = torch.tensor([2.0, 2 / 3])[labels[:, None, None, None].expand_as(where)[where]]
+    assert torch.allclose(out.losses["transformer"], (per_token * weight).sum() / weight.sum())
+    assert {"accuracy", "accuracy/LGG", "accuracy/HGG", "masked_fraction"} <= set(out.metrics)
+    even = TransformerTask(model, recipe.replace(balance_classes=False), lr=1e-3)
+    assert torch.equal(even.class_weights, torch.ones(2))
+
+
 def test_training_writes_metrics_and_resumes_exactly(tmp_path):
     corpus = random_corpus()
     config = TransformerConfig.preset("tiny", **TINY)

@@ -9,10 +9,16 @@ from tumoraug.errors import CheckpointError, ConfigError, DataError
 from tumoraug.models.vqgan import VQGAN3D, VectorQuantizer
 
 
-@pytest.fixture
-def tiny() -> VQGAN3D:
+@pytest.fixture(params=["classifier", "gate"])
+def tiny(request) -> VQGAN3D:
     torch.manual_seed(0)
-    return VQGAN3D(TokenizerConfig.preset("tiny"))
+    return VQGAN3D(TokenizerConfig.preset("tiny", importance=request.param))
+
+
+@pytest.fixture
+def gated() -> VQGAN3D:
+    torch.manual_seed(0)
+    return VQGAN3D(TokenizerConfig.preset("tiny", importance="gate"))
 
 
 def roi(batch=2, size=16, seed=0):
@@ -33,7 +39,10 @@ def test_tiny_shapes_and_ranges(tiny, size):
     assert tokens.dtype == torch.int64 and tokens.shape == (2, grid, grid, grid)
     assert torch.equal(tokens, out.tokens)
     assert ((importance > 0) & (importance < 1)).all()
-    assert torch.allclose(tiny.importance(tokens), importance, atol=1e-6)
+    if tiny.gated:  # scores of the quantised latent: the tokens alone give them back
+        assert torch.allclose(tiny.importance(tokens), importance, atol=1e-6)
+    elif size == tiny.config.roi_size:  # grade logits from the score-weighted features
+        assert out.grade_logits.shape == (2, tiny.config.num_classes)
     volume = tiny.decode(tokens)
     assert volume.shape == x.shape and volume.min() >= -1 and volume.max() <= 1
     assert torch.allclose(volume, out.reconstruction.clamp(-1, 1), atol=1e-5)
@@ -75,34 +84,49 @@ def test_quantizer_loss_trains_the_codebook(tiny):
     assert tiny.quantizer.codebook.grad.abs().sum() > 0
 
 
-def test_importance_is_differentiable(tiny):
-    out = tiny(roi())
+def test_importance_is_differentiable(gated):
+    out = gated(roi())
     assert ((out.importance > 0) & (out.importance < 1)).all()
     out.importance.sum().backward()
-    assert tiny.importance_head.out.weight.grad.abs().sum() > 0
-    assert tiny.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert gated.importance_head.out.weight.grad.abs().sum() > 0
+    assert gated.encoder.conv_in.weight.grad.abs().sum() > 0
     tokens = out.tokens.detach()
-    tiny.zero_grad()
-    tiny.importance(tokens).mean().backward()
-    assert tiny.importance_head.conv1.weight.grad.abs().sum() > 0
+    gated.zero_grad()
+    gated.importance(tokens).mean().backward()
+    assert gated.importance_head.conv1.weight.grad.abs().sum() > 0
+
+
+def test_classifier_scores_weight_the_grade_head_and_leave_the_decoder_alone():
+    torch.manual_seed(0)
+    model = VQGAN3D(TokenizerConfig.preset("tiny"))
+    out = model(roi())
+    torch.nn.functional.cross_entropy(out.grade_logits, torch.tensor([0, 1])).backward()
+    assert model.importance_head.conv.weight.grad.abs().sum() > 0  # the scores learn from it
+    assert model.decoder.conv_in.weight.grad is None  # the decoder does not see the scores
+    tokens = out.tokens.detach()
+    with torch.no_grad():
+        model.importance_head.out.bias.fill_(50.0)
+    assert torch.equal(model.decode(tokens), VQGAN3D.decode(model, tokens))
+    z_q = model.quantizer.embed(tokens)
+    assert torch.allclose(model.decode(tokens), model.decoder(z_q).clamp(-1, 1))
 
 
 def test_importance_can_start_at_a_budget():
-    model = VQGAN3D(TokenizerConfig.preset("tiny"))
+    model = VQGAN3D(TokenizerConfig.preset("tiny", importance="gate"))
     model.importance_head.start_at(0.1)
     importance = model(roi()).importance
     assert abs(importance.mean().item() - 0.1) < 0.05
 
 
-def test_importance_gates_the_decoder(tiny):
-    z = tiny.quantizer.embed(torch.randint(0, 64, (1, 4, 4, 4)))
+def test_importance_gates_the_decoder(gated):
+    z = gated.quantizer.embed(torch.randint(0, 64, (1, 4, 4, 4)))
     with torch.no_grad():
-        tiny.importance_head.out.bias.fill_(-50.0)
-        gated, s = tiny.gate(z)
+        gated.importance_head.out.bias.fill_(-50.0)
+        gate_input, s = gated.gate(z)
     assert s.max() < 1e-6
-    assert torch.allclose(gated, tiny.coarse(z), atol=1e-6)
+    assert torch.allclose(gate_input, gated.coarse(z), atol=1e-6)
     assert torch.allclose(
-        tiny.coarse(z)[..., :2, :2, :2],
+        gated.coarse(z)[..., :2, :2, :2],
         z[..., :2, :2, :2].mean((2, 3, 4), True).expand(-1, -1, 2, 2, 2),
         atol=1e-6,
     )

@@ -195,7 +195,10 @@ class TokenizerConfig(Config):
     """Stage 1 (`tumoraug.models.vqgan.VQGAN3D`): architecture and codebook only.
 
     How it is trained (loss weights, discriminator, codebook restarts) is the
-    `tumoraug.training.tokenizer.TokenizerRecipe`. The encoder halves the ROI once per
+    `tumoraug.training.tokenizer.TokenizerRecipe`. ``importance`` picks the importance
+    scores (`tumoraug.models.importance`): ``"classifier"`` (the paper's) or ``"gate"``;
+    ``importance_hidden`` is the width of the classifier head, or of the gate's convolutions;
+    ``coarse_pool`` is the gate's pooling. The encoder halves the ROI once per
     entry of ``channel_mult`` after the first, so the token grid is
     ``roi_size / 2**(len(channel_mult) - 1)`` per axis. Widths of the ``brats128`` preset
     and why: see ``docs/tokenizer.md``.
@@ -211,11 +214,13 @@ class TokenizerConfig(Config):
     norm_groups: int = 8
     embed_dim: int = 16
     codebook_size: int = 1024
-    importance_hidden: int = 32
+    importance: str = "classifier"
+    importance_hidden: int = 256
+    num_classes: int = 2
     coarse_pool: int = 2
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "brats128": {},
+        "brats128": {"importance_hidden": 64},
         "tiny": {
             "roi_size": 16,
             "base_channels": 4,
@@ -227,6 +232,18 @@ class TokenizerConfig(Config):
             "embed_dim": 4,
             "codebook_size": 64,
             "importance_hidden": 8,
+        },
+        "small32": {
+            "roi_size": 32,
+            "base_channels": 16,
+            "channel_mult": (1, 2, 2),
+            "num_res_blocks": 1,
+            "num_mid_blocks": 1,
+            "attention": False,
+            "norm_groups": 8,
+            "embed_dim": 8,
+            "codebook_size": 256,
+            "importance_hidden": 64,
         },
     }
 
@@ -245,7 +262,7 @@ class TokenizerConfig(Config):
         name = "TokenizerConfig"
         positive = (
             "in_channels", "roi_size", "base_channels", "num_res_blocks", "norm_groups",
-            "embed_dim", "importance_hidden", "coarse_pool",
+            "embed_dim", "importance_hidden", "coarse_pool", "num_classes",
         )  # fmt: skip
         for field in positive:
             value = getattr(self, field)
@@ -266,3 +283,10 @@ class TokenizerConfig(Config):
             isinstance(self.num_mid_blocks, int) and self.num_mid_blocks >= 0,
             name, "num_mid_blocks", "an int >= 0", self.num_mid_blocks,
         )  # fmt: skip
+        check(
+            self.importance in ("classifier", "gate"),
+            name, "importance",
+            "'classifier' (grade saliency of the encoder features) or 'gate' (decoder gate)",
+            self.importance,
+        )  # fmt: skip
+        check(self.num_classes >= 2, name, "num_classes", "an int >= 2", self.num_classes)

@@ -1,25 +1,25 @@
 """Stage 1: a 3D VQGAN that turns a tumor ROI into a grid of discrete tokens and back.
 
 Reading order: building blocks (residual block, attention, resampling), `Encoder3D`,
-`VectorQuantizer`, `ImportanceHead`, `Decoder3D`, and `VQGAN3D`, which ties them together.
-The configuration is `tumoraug.config.TokenizerConfig`; the losses that are not part of the
-forward pass (GAN, perceptual) live in `tumoraug.models.discriminator` and
+`VectorQuantizer`, `Decoder3D`, and `VQGAN3D`, which ties them together with an importance
+scorer of `tumoraug.models.importance`. The configuration is
+`tumoraug.config.TokenizerConfig`; the losses that are not part of the forward pass (GAN,
+perceptual, grade classification) live in `tumoraug.models.discriminator` and
 `tumoraug.training.tokenizer`.
 
 Shapes: a batch of ROIs ``x`` is ``(B, C, S, S, S)`` in [-1, 1]; the latent grid is
 ``(B, embed_dim, d, h, w)`` with ``d = S / downsample_factor``; tokens are ``(B, d, h, w)``.
 
-Two choices that differ from the 2D Taming VQGAN (reasons in ``docs/tokenizer.md``):
+Choices that differ from the 2D Taming VQGAN (reasons in ``docs/tokenizer.md``):
 
 * the codebook is **l2-normalised** (cosine-similarity lookup, as in ViT-VQGAN): codes are
   ordinary parameters trained by the optimizer, so data-parallel training needs no extra
   synchronisation and resume needs no extra state; dead codes are restarted from encoder
   outputs.
-* the decoder sees ``s * z_q + (1 - s) * z_coarse``, where ``s`` is the importance score
-  of each token, computed from the quantized latent by `ImportanceHead`, and ``z_coarse`` is
-  ``z_q`` average-pooled over ``coarse_pool``³ tokens and upsampled back. A budget loss of
-  the training recipe keeps the mean score near its budget, so the decoder can only afford
-  exact codes where they matter most for reconstruction: that is what the score measures.
+* every token gets an **importance score** (``importance="classifier"``: the paper's
+  class-discriminative saliency of the pre-quantisation features, the decoder untouched;
+  ``"gate"``: the decoder sees ``s * z_q + (1 - s) * coarse(z_q)``, see
+  `tumoraug.models.importance`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from tumoraug.checkpoint import PretrainedMixin
 from tumoraug.config import TokenizerConfig
 from tumoraug.errors import DataError
+from tumoraug.models.importance import GateScorer, GradeClassifierHead, SaliencyScorer
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -266,29 +267,6 @@ class VectorQuantizer(nn.Module):
         return int(dead.numel())
 
 
-class ImportanceHead(nn.Module):
-    """Quantized latent ``(B, D, d, h, w)`` -> one score in (0, 1) per token ``(B, d, h, w)``.
-
-    Two 3³ convolutions see each token with its neighbours. `start_at` sets the output
-    bias so that scores start near a chosen mean (the training recipe's budget).
-    """
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv3d(dim, hidden, 3, padding=1)
-        self.conv2 = nn.Conv3d(hidden, hidden, 3, padding=1)
-        self.out = nn.Conv3d(hidden, 1, 1)
-
-    @torch.no_grad()
-    def start_at(self, mean_score: float) -> None:
-        """Set the output bias to ``logit(mean_score)``, so an untrained head scores about that."""
-        self.out.bias.fill_(math.log(mean_score / (1.0 - mean_score)))
-
-    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.conv2(F.silu(self.conv1(z_q))))
-        return torch.sigmoid(self.out(h)).squeeze(1)
-
-
 class Decoder3D(nn.Module):
     """Latent ``(B, embed_dim, d, h, w)`` -> ROI ``(B, C, S, S, S)`` (unclamped), mirroring
     `Encoder3D` with ``num_res_blocks + 1`` residual blocks per level."""
@@ -321,6 +299,7 @@ class VQGANOutput:
     reconstruction: torch.Tensor  # (B, C, S, S, S), unclamped
     tokens: torch.Tensor  # (B, d, h, w)
     importance: torch.Tensor  # (B, d, h, w) in (0, 1)
+    grade_logits: torch.Tensor | None  # (B, num_classes): classifier head at roi_size, else None
     z_e: torch.Tensor  # (B, D, d, h, w) encoder output (for dead-code restarts)
     codebook_loss: torch.Tensor  # moves the codes towards the encoder outputs
     commitment_loss: torch.Tensor  # keeps the encoder outputs near their codes
@@ -343,7 +322,16 @@ class VQGAN3D(PretrainedMixin, nn.Module):
         self.config = config
         self.encoder = Encoder3D(config)
         self.quantizer = VectorQuantizer(config.codebook_size, config.embed_dim)
-        self.importance_head = ImportanceHead(config.embed_dim, config.importance_hidden)
+        self.importance_head: nn.Module
+        self.grade_head: GradeClassifierHead | None = None
+        if config.importance == "classifier":
+            self.importance_head = SaliencyScorer(config.embed_dim)
+            tokens = math.prod(config.token_grid)
+            self.grade_head = GradeClassifierHead(
+                config.embed_dim, tokens, config.importance_hidden, config.num_classes
+            )
+        else:
+            self.importance_head = GateScorer(config.embed_dim, config.importance_hidden)
         self.decoder = Decoder3D(config)
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -354,25 +342,41 @@ class VQGAN3D(PretrainedMixin, nn.Module):
                 f"got {tuple(x.shape)}"
             )
 
+    @property
+    def gated(self) -> bool:
+        """Whether the decoder sees importance-gated latents (``importance="gate"``)."""
+        return self.config.importance == "gate"
+
     def coarse(self, z_q: torch.Tensor) -> torch.Tensor:
         """Low-detail latent: ``z_q`` averaged over ``coarse_pool``³ tokens, upsampled back."""
         pool = self.config.coarse_pool
         return F.interpolate(F.avg_pool3d(z_q, pool), scale_factor=float(pool), mode="nearest")
 
     def gate(self, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder input ``s * z_q + (1 - s) * z_coarse`` and the scores ``s``."""
+        """Decoder input ``s * z_q + (1 - s) * z_coarse`` and the scores ``s`` (gate mode)."""
         s = self.importance_head(z_q)
         return s.unsqueeze(1) * z_q + (1.0 - s.unsqueeze(1)) * self.coarse(z_q), s
+
+    def _decoder_input(self, z_e: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(decoder input, scores): gated by the quantised latent, or plain with scores of
+        the pre-quantisation features (classifier mode)."""
+        if self.gated:
+            return self.gate(z_q)
+        return z_q, self.importance_head(z_e)
 
     def forward(self, x: torch.Tensor) -> VQGANOutput:
         self._check_input(x)
         z_e = self.encoder(x)
         q = self.quantizer(z_e)
-        decoder_input, s = self.gate(q.z_q.to(z_e.dtype))
+        decoder_input, s = self._decoder_input(z_e, q.z_q.to(z_e.dtype))
+        # The grade head is built for the configured token grid; other ROI sizes still encode.
+        fits = tuple(z_e.shape[2:]) == tuple(self.config.token_grid)
+        logits = self.grade_head(z_e, s) if self.grade_head is not None and fits else None
         return VQGANOutput(
             reconstruction=self.decoder(decoder_input),
             tokens=q.tokens,
             importance=s,
+            grade_logits=logits,
             z_e=z_e,
             codebook_loss=q.codebook_loss,
             commitment_loss=q.commitment_loss,
@@ -383,16 +387,19 @@ class VQGAN3D(PretrainedMixin, nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ROIs ``(B, C, S, S, S)`` -> tokens ``(B, d, h, w)`` long, importance in (0, 1)."""
         self._check_input(x)
-        q = self.quantizer(self.encoder(x))
-        return q.tokens, self.importance_head(q.z_q)
+        z_e = self.encoder(x)
+        q = self.quantizer(z_e)
+        return q.tokens, self._decoder_input(z_e, q.z_q.to(z_e.dtype))[1]
 
     def importance(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Importance scores ``(B, d, h, w)`` of any token grid, e.g. a generated one."""
+        """Importance scores ``(B, d, h, w)`` of any token grid, e.g. a generated one; in
+        classifier mode the code vectors stand in for the pre-quantisation features."""
         return self.importance_head(self.quantizer.embed(tokens))
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, d, h, w)`` -> ROIs ``(B, C, S, S, S)`` clamped to [-1, 1]."""
-        decoder_input, _ = self.gate(self.quantizer.embed(tokens))
+        z_q = self.quantizer.embed(tokens)
+        decoder_input = self.gate(z_q)[0] if self.gated else z_q
         return self.decoder(decoder_input).clamp(-1.0, 1.0)
 
     @property

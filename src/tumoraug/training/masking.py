@@ -1,23 +1,30 @@
-"""Token corruption for stage-2 training: hybrid importance masking and plain MaskGIT masking.
+"""Token corruption for stage-2 training: hybrid importance masking on a budget, and MaskGIT.
 
 The stage-2 transformer learns to predict the original codebook token at every *corrupted*
-position of a token grid. Two corruption recipes live here, as pure functions of the tokens,
-the importance map and an explicit `torch.Generator`:
+position of a token grid. Both recipes here corrupt the same *number* of positions and
+differ only in *which* positions, so that an ablation over ``topk_ratio`` compares choices
+of tokens, not corruption levels:
 
-* **hybrid importance masking** (the method's own): the ``topk_ratio`` most important tokens
-  of each grid and their 3D neighbours within ``neighbor_radius`` (a cube, cut at the grid
-  borders) become ``[MASK]``; of the tokens left visible, a fraction ``random_replace_ratio``
-  is swapped for random codebook tokens, so that the model also learns to distrust visible
-  context. The amount masked follows the importance map, not a sampled decoding time step
-  (the masking is *temporal-agnostic*). With probability ``random_mask`` per sample a
-  cosine-schedule random mask is added on top (union), so that the model also sees grids
-  that are almost or fully masked, which is where sampling starts.
-* **MaskGIT random masking** (the baseline): a ratio ``cos(pi/2 * u)`` with ``u ~ U(0, 1)``
-  per sample, and that many positions, chosen uniformly, become ``[MASK]``.
+1. **The budget** (both recipes). Per sample, ``u ~ U(0, 1)``, the mask ratio is MaskGIT's
+   cosine schedule ``r = cos(pi/2 * u)`` and exactly ``N = ceil(r * T)`` of the ``T`` tokens
+   become ``[MASK]`` (at least one). Sampling walks the same schedule from all-masked to
+   none, so training sees the whole range of ratios that decoding meets. The ratio is the
+   first draw of the generator, so the same seed gives the same ``N`` in every arm.
+2. **Which tokens** (hybrid importance masking, the paper's method). The *pool* is the
+   ``ceil(topk_ratio * T)`` most important tokens. ``min(N // 2, pool)`` *seeds* are drawn
+   from the pool without replacement, with probability proportional to the importance
+   score; each seed adds one random face neighbour (6-connected, any axis, inside the grid,
+   not yet chosen): important regions are masked as small blocks. The rest of ``N`` is drawn
+   uniformly from the tokens not yet chosen. ``topk_ratio = 0`` means no seeds, and the
+   draws are exactly those of plain MaskGIT (`maskgit_corrupt`).
+3. **Random codes** (hybrid only). A share ``random_replace_ratio`` of the *visible* tokens,
+   ``round(ratio * (T - N))``, is swapped for uniformly random codebook tokens and kept in
+   the loss, so that the model learns to distrust visible context. The count depends on
+   ``N`` only, so it also matches across arms.
 
-Every function returns booleans of the same shape as the tokens, ``(B, d, h, w)``; the
-corruption functions return ``(corrupted_tokens, corrupted)`` where ``corrupted`` marks every
-position the loss is computed on (masked or replaced).
+Masks are redrawn at every step (the generator is seeded per step). Every function works on
+``(B, d, h, w)`` grids with an explicit CPU `torch.Generator`; the corruption functions return
+``(corrupted_tokens, masked, replaced)`` booleans of the grid's shape.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 MASKING_MODES: tuple[str, ...] = ("hybrid", "random")
+FACE_OFFSETS = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
 
 
 def cosine_schedule(progress: torch.Tensor | float) -> torch.Tensor:
@@ -40,166 +47,160 @@ def _check_grid(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name}: expected a (B, d, h, w) grid, got shape {tuple(tensor.shape)}")
 
 
-def topk_mask(importance: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Mark the ``round(ratio * d*h*w)`` most important positions of each grid (at least one
-    when ``ratio > 0``); ties go to the lower flat index, so the result is exact and stable."""
-    _check_grid("importance", importance)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"topk ratio must be in [0, 1], got {ratio}")
-    batch = importance.shape[0]
-    flat = importance.reshape(batch, -1)
-    count = 0 if ratio == 0 else max(1, round(ratio * flat.shape[1]))
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :count]
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask.scatter_(1, order, True)
-    return mask.reshape(importance.shape)
+def mask_counts(batch: int, total: int, rng: torch.Generator) -> torch.Tensor:
+    """``N = ceil(cos(pi/2 * u) * total)`` per sample (at least 1): the corruption budget."""
+    ratios = cosine_schedule(torch.rand(batch, generator=rng, dtype=torch.float64))
+    return torch.ceil(ratios * total - 1e-9).long().clamp(1, total)
 
 
-def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grow a boolean grid mask by ``radius`` tokens along every axis (a cube of side
-    ``2*radius + 1``); positions outside the grid are never added, so it stops at the borders."""
-    _check_grid("mask", mask)
-    if radius < 0:
-        raise ValueError(f"neighbour radius must be >= 0, got {radius}")
-    if radius == 0:
-        return mask.clone()
-    size = 2 * radius + 1
-    grown = F.max_pool3d(mask[:, None].float(), kernel_size=size, stride=1, padding=radius)
-    return grown[:, 0] > 0.5
-
-
-def importance_mask(
-    importance: torch.Tensor, topk_ratio: float, neighbor_radius: int
-) -> torch.Tensor:
-    """The top-``topk_ratio`` important positions of each grid, dilated by ``neighbor_radius``."""
-    return dilate(topk_mask(importance, topk_ratio), neighbor_radius)
-
-
-def _choose(
-    candidates: torch.Tensor, counts: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
+def choose(candidates: torch.Tensor, counts: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """Pick exactly ``counts[b]`` positions uniformly among ``candidates[b]`` for every b."""
     batch = candidates.shape[0]
     flat = candidates.reshape(batch, -1)
-    scores = torch.rand(flat.shape, generator=generator, device="cpu").to(flat.device)
+    scores = torch.rand(flat.shape, generator=rng, device="cpu").to(flat.device)
     scores = torch.where(flat, scores, torch.full_like(scores, 2.0))
     rank = scores.argsort(dim=1).argsort(dim=1)
     chosen = (rank < counts.to(flat.device)[:, None]) & flat
     return chosen.reshape(candidates.shape)
 
 
-def random_mask(
-    shape: torch.Size | tuple[int, ...],
-    generator: torch.Generator,
-    *,
-    ratio: torch.Tensor | float | None = None,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """A MaskGIT random mask of ``shape`` (B, d, h, w).
+def importance_pool(importance: torch.Tensor, topk_ratio: float) -> torch.Tensor:
+    """The ``ceil(topk_ratio * T)`` most important positions of each grid (ties: lower index)."""
+    _check_grid("importance", importance)
+    if not 0.0 <= topk_ratio <= 1.0:
+        raise ValueError(f"topk ratio must be in [0, 1], got {topk_ratio}")
+    batch = importance.shape[0]
+    flat = importance.reshape(batch, -1)
+    size = math.ceil(topk_ratio * flat.shape[1] - 1e-9)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :size]
+    pool = torch.zeros_like(flat, dtype=torch.bool)
+    pool.scatter_(1, order, True)
+    return pool.reshape(importance.shape)
 
-    Each sample masks ``ceil(r * d*h*w)`` positions (at least one) chosen uniformly, with
-    ``r = ratio`` when given, else ``r = cos(pi/2 * u)`` with ``u ~ U(0, 1)`` per sample.
-    """
-    if len(shape) != 4:
-        raise ValueError(f"expected a (B, d, h, w) shape, got {tuple(shape)}")
-    batch, total = shape[0], math.prod(shape[1:])
-    if ratio is None:
-        ratios = cosine_schedule(torch.rand(batch, generator=generator, dtype=torch.float64))
-    else:
-        ratios = torch.as_tensor(ratio, dtype=torch.float64).expand(batch)
-    counts = torch.ceil(ratios * total - 1e-9).long().clamp(1, total)
-    everywhere = torch.ones(shape, dtype=torch.bool, device=device)
-    return _choose(everywhere, counts, generator)
+
+def draw_seeds(
+    importance: torch.Tensor, pool: torch.Tensor, counts: torch.Tensor, rng: torch.Generator
+) -> torch.Tensor:
+    """``counts[b]`` pool positions per sample, drawn without replacement in proportion to
+    the score (exponential race: the smallest ``Exp(1) / score`` wins)."""
+    batch = importance.shape[0]
+    scores = importance.reshape(batch, -1).float().clamp_min(1e-12)
+    uniform = torch.rand(scores.shape, generator=rng, device="cpu").to(scores.device)
+    race = -torch.log(uniform.clamp_min(1e-20)) / scores
+    race = race.masked_fill(~pool.reshape(batch, -1), float("inf"))
+    rank = race.argsort(dim=1).argsort(dim=1)
+    return (rank < counts.to(scores.device)[:, None]).reshape(importance.shape)
+
+
+def add_face_neighbours(seeds: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Seeds plus one random 6-connected neighbour each (inside the grid, not yet chosen;
+    a seed whose neighbours are all taken adds none). Seeds are visited in a random order."""
+    batch, d, h, w = seeds.shape
+    chosen = seeds.clone()
+    flat = chosen.reshape(batch, -1)
+    grid = torch.tensor([d, h, w], device=seeds.device)
+    offsets = torch.tensor(FACE_OFFSETS, device=seeds.device)  # (6, 3)
+    order = torch.rand(seeds.reshape(batch, -1).shape, generator=rng).to(seeds.device)
+    order = order.masked_fill(~seeds.reshape(batch, -1), 2.0).argsort(dim=1)
+    per_sample = seeds.reshape(batch, -1).sum(1)
+    rows = torch.arange(batch, device=seeds.device)
+    for j in range(int(per_sample.max()) if batch else 0):
+        active = per_sample > j
+        index = order[:, j]
+        coords = torch.stack([index // (h * w), index // w % h, index % w], dim=1)  # (B, 3)
+        neighbours = coords[:, None, :] + offsets[None]  # (B, 6, 3)
+        inside = ((neighbours >= 0) & (neighbours < grid)).all(-1)
+        linear = (neighbours[..., 0] * h + neighbours[..., 1]) * w + neighbours[..., 2]
+        linear = linear.clamp(0, d * h * w - 1)
+        free = inside & ~flat.gather(1, linear) & active[:, None]
+        pick = torch.rand(batch, 6, generator=rng).to(seeds.device).masked_fill(~free, 2.0)
+        best = pick.argmin(dim=1)
+        take = free[rows, best]
+        flat[rows[take], linear[rows, best][take]] = True
+    return chosen
 
 
 def random_replace(
     tokens: torch.Tensor,
     candidates: torch.Tensor,
-    ratio: float,
+    counts: torch.Tensor,
     codebook_size: int,
-    generator: torch.Generator,
+    rng: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Swap ``round(ratio * n_candidates)`` uniformly chosen candidate positions per sample for
-    uniformly random codebook tokens; returns ``(new_tokens, replaced)``."""
+    """Swap ``counts[b]`` uniformly chosen candidate positions per sample for uniformly random
+    codebook tokens; returns ``(new_tokens, replaced)``."""
     _check_grid("tokens", tokens)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"random replace ratio must be in [0, 1], got {ratio}")
-    counts = torch.round(candidates.reshape(tokens.shape[0], -1).sum(1).double() * ratio).long()
-    replaced = _choose(candidates, counts.cpu(), generator)
-    random_tokens = torch.randint(codebook_size, tokens.shape, generator=generator, device="cpu")
+    replaced = choose(candidates, counts, rng)
+    random_tokens = torch.randint(codebook_size, tokens.shape, generator=rng, device="cpu")
     return torch.where(replaced, random_tokens.to(tokens.device), tokens), replaced
 
 
 def maskgit_corrupt(
-    tokens: torch.Tensor, mask_id: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain MaskGIT corruption: a cosine-schedule random mask set to ``mask_id``."""
+    tokens: torch.Tensor, mask_id: int, rng: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain MaskGIT: ``N`` positions chosen uniformly become ``mask_id`` (no random codes)."""
     _check_grid("tokens", tokens)
-    masked = random_mask(tokens.shape, generator, device=tokens.device)
-    return tokens.masked_fill(masked, mask_id), masked
+    counts = mask_counts(tokens.shape[0], math.prod(tokens.shape[1:]), rng)
+    masked = choose(torch.ones_like(tokens, dtype=torch.bool), counts, rng)
+    return tokens.masked_fill(masked, mask_id), masked, torch.zeros_like(masked)
 
 
 def hybrid_corrupt(
     tokens: torch.Tensor,
     importance: torch.Tensor,
-    generator: torch.Generator,
+    rng: torch.Generator,
     *,
     mask_id: int,
     codebook_size: int,
     topk_ratio: float = 0.25,
-    neighbor_radius: int = 1,
     random_replace_ratio: float = 0.1,
-    random_mask_prob: float = 0.5,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hybrid importance masking (see the module docstring); returns ``(corrupted, mask)``.
-
-    ``topk_ratio = 0`` switches the importance part off and gives exactly `maskgit_corrupt`
-    (same generator draws), the plain random-masking baseline.
-    """
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hybrid importance masking on the MaskGIT budget (see the module docstring)."""
     _check_grid("tokens", tokens)
     if importance.shape != tokens.shape:
         raise ValueError(
             f"importance shape {tuple(importance.shape)} != tokens shape {tuple(tokens.shape)}"
         )
-    if topk_ratio == 0:
-        return maskgit_corrupt(tokens, mask_id, generator)
-    masked = importance_mask(importance, topk_ratio, neighbor_radius)
-    if random_mask_prob > 0:
-        extra = random_mask(tokens.shape, generator, device=tokens.device)
-        use = torch.rand(tokens.shape[0], generator=generator) < random_mask_prob
-        masked = masked | (extra & use.to(tokens.device)[:, None, None, None])
-    corrupted, replaced = random_replace(
-        tokens, ~masked, random_replace_ratio, codebook_size, generator
-    )
-    return corrupted.masked_fill(masked, mask_id), masked | replaced
+    if not 0.0 <= random_replace_ratio <= 1.0:
+        raise ValueError(f"random replace ratio must be in [0, 1], got {random_replace_ratio}")
+    batch, total = tokens.shape[0], math.prod(tokens.shape[1:])
+    counts = mask_counts(batch, total, rng)
+    everywhere = torch.ones_like(tokens, dtype=torch.bool)
+    if topk_ratio > 0:
+        pool = importance_pool(importance, topk_ratio)
+        n_seeds = torch.minimum(counts // 2, pool.reshape(batch, -1).sum(1).cpu())
+        chosen = add_face_neighbours(draw_seeds(importance, pool, n_seeds, rng), rng)
+        rest = counts - chosen.reshape(batch, -1).sum(1).cpu()
+        masked = chosen | choose(~chosen, rest, rng)
+    else:
+        masked = choose(everywhere, counts, rng)
+    replace = torch.round((total - counts).double() * random_replace_ratio).long()
+    corrupted, replaced = random_replace(tokens, ~masked, replace, codebook_size, rng)
+    return corrupted.masked_fill(masked, mask_id), masked, replaced
 
 
 def corrupt(
     tokens: torch.Tensor,
     importance: torch.Tensor,
-    generator: torch.Generator,
+    rng: torch.Generator,
     *,
     mode: str,
     mask_id: int,
     codebook_size: int,
     topk_ratio: float = 0.25,
-    neighbor_radius: int = 1,
     random_replace_ratio: float = 0.1,
-    random_mask_prob: float = 0.5,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Corrupt a token batch with the masking ``mode`` ("hybrid" or "random")."""
     if mode == "random":
-        return maskgit_corrupt(tokens, mask_id, generator)
+        return maskgit_corrupt(tokens, mask_id, rng)
     if mode == "hybrid":
         return hybrid_corrupt(
             tokens,
             importance,
-            generator,
+            rng,
             mask_id=mask_id,
             codebook_size=codebook_size,
             topk_ratio=topk_ratio,
-            neighbor_radius=neighbor_radius,
             random_replace_ratio=random_replace_ratio,
-            random_mask_prob=random_mask_prob,
         )
     raise ValueError(f"unknown masking mode {mode!r}; expected one of {', '.join(MASKING_MODES)}")

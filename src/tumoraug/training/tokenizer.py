@@ -5,14 +5,23 @@ discriminator and the losses from a `TokenizerRecipe`, wraps them in a `Tokenize
 hands it to the shared engine `tumoraug.training.loop.fit` with a `TrainConfig`; the engine
 does devices, mixed precision, accumulation, checkpoints, resume, DDP and logging.
 
-The loss of one batch ``x`` (ROIs) with tumor masks ``m`` (the weights are recipe fields)::
+The loss of one batch ``x`` (ROIs) with tumor masks ``m`` and grades ``y`` (the weights
+are recipe fields)::
 
     nll    = recon_weight * |x - x_rec|_1 + perceptual_weight * P(x, x_rec)
-    L_vq   = nll + codebook + commitment_beta * commitment
-           + importance_weight * mean_b (mean(s_b) - importance_budget)²
-           + importance_tumor_weight * mean (s - tumor fraction per token)²
+    L_rec  = nll + codebook + commitment_beta * commitment
            + [step >= disc_start] * lambda * (-mean D(x_rec))
+    L_vq   = (1 - classifier_weight) * L_rec
+           + classifier_weight * CE(grade logits, y; label_smoothing, class weights)
+                                                        (importance="classifier")
+    L_vq   = L_rec + importance_weight * mean_b (mean(s_b) - importance_budget)²
+           + importance_tumor_weight * mean (s - tumor fraction per token)²
+                                                        (importance="gate")
     L_D    = hinge(D(x), D(x_rec))                      (from disc_start on)
+
+With ``balance_classes`` the cross-entropy weighs each grade by the inverse of its share of
+the training data, so that a minority grade (LGG in BraTS 2019, about a quarter) is not
+drowned by the majority.
 
 with ``lambda`` the adaptive weight of Taming Transformers (`adaptive_weight`). ``P`` is an
 optional perceptual distance computed by a user-supplied feature network (`PerceptualLoss`):
@@ -71,6 +80,9 @@ class TokenizerRecipe(Config):
     disc_weight: float = 0.5
     disc_start: int = 10000
     betas: tuple[float, float] = (0.5, 0.9)
+    classifier_weight: float = 0.2
+    label_smoothing: float = 0.1
+    balance_classes: bool = True
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "brats128": {},
@@ -93,6 +105,9 @@ class TokenizerRecipe(Config):
         ):  # fmt: skip
             value = getattr(self, field)
             check(value >= 0, name, field, "a number >= 0", value)
+        for field in ("classifier_weight", "label_smoothing"):
+            value = getattr(self, field)
+            check(0 <= value < 1, name, field, "a number in [0, 1)", value)
         check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             name, "betas", "two numbers in [0, 1)", self.betas,
@@ -108,6 +123,37 @@ def collate_rois(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torc
     """Stack ROI dataset items into ``(image (B,C,S,S,S), seg (B,1,S,S,S), label (B,))``."""
     parts = [subject_tensors(item) for item in items]
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def grade_weights(
+    class_counts: Sequence[int] | None, num_classes: int, recipe: TokenizerRecipe
+) -> torch.Tensor:
+    """Cross-entropy weight per grade: ``n / (K * n_c)`` with ``balance_classes``, else 1."""
+    if not recipe.balance_classes or class_counts is None:
+        return torch.ones(num_classes)
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float32).clamp_min(1)
+    return counts.sum() / (num_classes * counts)
+
+
+def grade_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Accuracy of grade predictions, overall and per grade present (``grade_acc/LGG``, ...)."""
+    from tumoraug.labels import GRADES
+
+    hit = (logits.argmax(-1) == labels).float()
+    out = {"grade_acc": hit.mean()}
+    for label, grade in enumerate(GRADES):
+        chosen = labels == label
+        if bool(chosen.any()):
+            out[f"grade_acc/{grade}"] = hit[chosen].mean()
+    return out
+
+
+def class_counts(data: Any, num_classes: int) -> list[int]:
+    """Items per grade: from ``data.labels`` when the dataset has them, else item by item."""
+    labels = getattr(data, "labels", None)
+    if labels is None:
+        labels = [int(subject_tensors(data[i])[2][0]) for i in range(len(data))]
+    return [sum(1 for v in labels if int(v) == c) for c in range(num_classes)]
 
 
 class PerceptualLoss(nn.Module):
@@ -148,13 +194,16 @@ class TokenizerTask(TrainingTask):
         *,
         lr: float,
         perceptual_net: nn.Module | None = None,
+        class_counts: Sequence[int] | None = None,
     ) -> None:
         self.model = model
         self.config = model.config
         self.recipe = recipe
         self.lr = lr
         r = recipe
-        model.importance_head.start_at(r.importance_budget)
+        if model.gated:
+            model.importance_head.start_at(r.importance_budget)
+        self.class_weights = grade_weights(class_counts, model.config.num_classes, r)
         self.discriminator = PatchDiscriminator3D(
             model.config.in_channels, r.disc_channels, r.disc_layers
         )
@@ -188,7 +237,7 @@ class TokenizerTask(TrainingTask):
 
     def training_step(self, batch: Any, ctx: StepContext) -> StepOutput:
         c, r = self.config, self.recipe
-        image, seg, _ = batch
+        image, seg, labels = batch
         out = ctx.modules["tokenizer"](image)
         rec = out.reconstruction
         l1 = (image - rec.float()).abs().mean()
@@ -200,23 +249,35 @@ class TokenizerTask(TrainingTask):
             nll = nll + r.perceptual_weight * perceptual
             metrics["perceptual"] = perceptual
         s = out.importance.float()
-        budget = (s.mean(dim=(1, 2, 3)) - r.importance_budget).pow(2).mean()
-        loss = nll + quant + r.importance_weight * budget
-        metrics |= {"budget": budget, "importance_mean": s.mean()}
-        if r.importance_tumor_weight > 0:
-            fraction = F.avg_pool3d((seg > 0).float(), c.downsample_factor).squeeze(1)
-            align = (s - fraction).pow(2).mean()
-            loss = loss + r.importance_tumor_weight * align
-            metrics["align"] = align
-        losses = {"tokenizer": loss}
+        loss = nll + quant
+        metrics["importance_mean"] = s.mean()
+        losses: dict[str, torch.Tensor] = {}
         if "discriminator" in ctx.modules and ctx.step >= r.disc_start:
             g_loss = generator_loss(self.discriminator(rec))
             weight = adaptive_weight(nll, g_loss, self.model.last_layer, r.disc_weight)
-            losses["tokenizer"] = loss + weight * g_loss
+            loss = loss + weight * g_loss
             logits = ctx.modules["discriminator"](torch.cat([image, rec.detach()]))
             real, fake = logits.chunk(2)
             losses["discriminator"] = hinge_d_loss(real, fake)
             metrics |= {"g_loss": g_loss, "g_weight": weight}
+        if out.grade_logits is not None:
+            logits = out.grade_logits.float()
+            weights = self.class_weights.to(logits.device)
+            grade_loss = F.cross_entropy(
+                logits, labels, weight=weights, label_smoothing=r.label_smoothing
+            )
+            loss = (1 - r.classifier_weight) * loss + r.classifier_weight * grade_loss
+            metrics |= {"grade_loss": grade_loss, **grade_accuracy(logits, labels)}
+        else:
+            budget = (s.mean(dim=(1, 2, 3)) - r.importance_budget).pow(2).mean()
+            loss = loss + r.importance_weight * budget
+            metrics["budget"] = budget
+            if r.importance_tumor_weight > 0:
+                fraction = F.avg_pool3d((seg > 0).float(), c.downsample_factor).squeeze(1)
+                align = (s - fraction).pow(2).mean()
+                loss = loss + r.importance_tumor_weight * align
+                metrics["align"] = align
+        losses = {"tokenizer": loss, **losses}  # backward order: tokenizer, then discriminator
         metrics |= {"perplexity": out.perplexity, "batch_codes_used": out.fraction_used}
         self._last_z_e = out.z_e.detach()
         return StepOutput(losses, metrics)
@@ -282,7 +343,10 @@ def train_tokenizer(
             f"data has {tuple(image.shape[1:])}; set roi_size / in_channels (CLI: --roi-size)"
         )
     torch.manual_seed(train.seed)
-    task = TokenizerTask(VQGAN3D(config), recipe, lr=train.lr, perceptual_net=perceptual_net)
+    task = TokenizerTask(
+        VQGAN3D(config), recipe, lr=train.lr, perceptual_net=perceptual_net,
+        class_counts=class_counts(data, config.num_classes),
+    )  # fmt: skip
     return fit(
         task, data, output_dir, train, resume=resume, collate_fn=collate_rois, progress=progress
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from tumoraug.config import Config, TransformerConfig, check
 from tumoraug.errors import ConfigError, DataError
+from tumoraug.labels import GRADES
 from tumoraug.models.transformer import MaskedTransformer, PerClassTransformer, build_transformer
 from tumoraug.training.config import TrainConfig
 from tumoraug.training.corpus import CORPUS_NAME, TokenCorpus, as_tokenizer, encode_corpus
@@ -40,18 +42,18 @@ from tumoraug.training.masking import MASKING_MODES, corrupt
 class TransformerRecipe(Config):
     """How stage 2 is trained: token corruption, class dropout and the optimizer's shape.
 
-    ``masking`` is ``"hybrid"`` (the method's importance masking, with ``topk_ratio``,
-    ``neighbor_radius``, ``random_replace_ratio`` and ``random_mask``, see
-    `tumoraug.training.masking`) or ``"random"`` (plain MaskGIT); ``class_dropout`` is the
-    share of samples trained as the null class (classifier-free guidance).
+    ``masking`` is ``"hybrid"`` (the method's importance masking on the MaskGIT budget, with
+    ``topk_ratio`` and ``random_replace_ratio``, see `tumoraug.training.masking`) or
+    ``"random"`` (plain MaskGIT); ``class_dropout`` is the share of samples trained as the
+    null class (classifier-free guidance); with ``balance_classes`` every grade weighs the
+    same in the loss, whatever its share of the training grids.
     """
 
     masking: str = "hybrid"
     topk_ratio: float = 0.25
-    neighbor_radius: int = 1
     random_replace_ratio: float = 0.1
-    random_mask: float = 0.5
     class_dropout: float = 0.1
+    balance_classes: bool = True
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
 
@@ -63,12 +65,9 @@ class TransformerRecipe(Config):
             self.masking in MASKING_MODES,
             name, "masking", f"one of {', '.join(MASKING_MODES)}", self.masking,
         )  # fmt: skip
-        for field in ("topk_ratio", "random_replace_ratio", "random_mask", "class_dropout"):
+        for field in ("topk_ratio", "random_replace_ratio", "class_dropout"):
             value = getattr(self, field)
             check(0 <= value <= 1, name, field, "a number in [0, 1]", value)
-        check(
-            self.neighbor_radius >= 0, name, "neighbor_radius", "an int >= 0", self.neighbor_radius
-        )
         check(self.weight_decay >= 0, name, "weight_decay", "a number >= 0", self.weight_decay)
         check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
@@ -96,6 +95,7 @@ class TransformerTask(TrainingTask):
         *,
         lr: float,
         tokenizer: nn.Module | None = None,
+        class_counts: Sequence[int] | None = None,
     ) -> None:
         if model.config.conditioning == "per_class" and recipe.class_dropout != 0:
             raise ConfigError(
@@ -107,6 +107,10 @@ class TransformerTask(TrainingTask):
         self.recipe = recipe
         self.lr = lr
         self.tokenizer = tokenizer
+        self.class_weights = torch.ones(self.config.num_classes)
+        if recipe.balance_classes and class_counts is not None:
+            counts = torch.as_tensor(list(class_counts), dtype=torch.float32).clamp_min(1)
+            self.class_weights = counts.sum() / (len(counts) * counts)
 
     def describe(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "recipe": self.recipe.to_dict()}
@@ -129,7 +133,7 @@ class TransformerTask(TrainingTask):
         c, r = self.config, self.recipe
         tokens, importance, labels = batch
         rng = ctx.rng(0)
-        corrupted, target_mask = corrupt(
+        corrupted, masked, replaced = corrupt(
             tokens,
             importance,
             rng,
@@ -137,22 +141,29 @@ class TransformerTask(TrainingTask):
             mask_id=c.mask_id,
             codebook_size=c.codebook_size,
             topk_ratio=r.topk_ratio,
-            neighbor_radius=r.neighbor_radius,
             random_replace_ratio=r.random_replace_ratio,
-            random_mask_prob=r.random_mask,
         )
         drop = (torch.rand(labels.shape[0], generator=rng) < r.class_dropout).to(labels.device)
-        labels = labels.masked_fill(drop, c.null_class)
         devices = [tokens.device] if tokens.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=tokens.device.type):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))  # dropout noise
-            logits = ctx.modules["transformer"](corrupted, labels)
-        chosen = logits[target_mask].float()
-        target = tokens[target_mask]
-        loss = F.cross_entropy(chosen, target)
+            logits = ctx.modules["transformer"](corrupted, labels.masked_fill(drop, c.null_class))
+        target_mask = masked | replaced
+        grade = labels[:, None, None, None].expand_as(tokens)[target_mask]  # (M,)
+        chosen, target = logits[target_mask].float(), tokens[target_mask]
+        per_token = F.cross_entropy(chosen, target, reduction="none")
+        weight = self.class_weights.to(per_token.device)[grade]
+        loss = (per_token * weight).sum() / weight.sum()
+        metrics: dict[str, Any] = {
+            "masked_fraction": masked.float().mean(),
+            "corrupted_fraction": target_mask.float().mean(),
+        }
         with torch.no_grad():
-            accuracy = (chosen.argmax(-1) == target).float().mean()
-        metrics = {"accuracy": accuracy, "corrupted_fraction": target_mask.float().mean()}
+            hit = (chosen.argmax(-1) == target).float()
+            metrics["accuracy"] = hit.mean()
+            for label, name in enumerate(GRADES):
+                if bool((grade == label).any()):
+                    metrics[f"accuracy/{name}"] = hit[grade == label].mean()
         return StepOutput({"transformer": loss}, metrics)
 
     def save_images(self, batch: Any, ctx: StepContext, path: Path) -> None:
@@ -233,7 +244,10 @@ def train_transformer(
         )
     config = config.replace(codebook_size=corpus.codebook_size, token_grid=corpus.token_grid)
     torch.manual_seed(train.seed)
-    task = TransformerTask(build_transformer(config), recipe, lr=train.lr, tokenizer=tokenizer)
+    counts = [int((corpus.labels == c).sum()) for c in range(config.num_classes)]
+    task = TransformerTask(
+        build_transformer(config), recipe, lr=train.lr, tokenizer=tokenizer, class_counts=counts
+    )
     result = fit(task, corpus, output_dir, train, resume=resume, progress=progress)
     if tokenizer is not None and int(os.environ.get("RANK", "0")) == 0:
         from tumoraug.checkpoint import atomic_write_text
