@@ -65,6 +65,15 @@ def test_flat_layout_with_brats2020_column_names(tmp_path):
     assert [r.grade for r in discover_subjects(tmp_path)] == ["HGG", "LGG"]
 
 
+def test_subject_column_is_the_one_whose_values_match_the_folders(tmp_path):
+    for subject in ("new_a", "new_b"):
+        make_subject(tmp_path, subject)
+    (tmp_path / "grades.csv").write_text(
+        "grade,subject_id,release_2_subject_id\nHGG,NA,new_a\nLGG,NA,new_b\nLGG,c,new_c\n"
+    )
+    assert [r.subject_id for r in discover_subjects(tmp_path)] == ["new_a", "new_b", "new_c"]
+
+
 def test_explicit_csv_path(tmp_path):
     data = tmp_path / "data"
     for subject in ("x", "y"):

@@ -41,6 +41,7 @@ def test_manifest_records_every_subject(roi_cache, phantom_dir):
     assert set(entry["sources"]) == {"flair", "seg"}
     assert entry["sources"]["flair"].endswith("Phantom_HGG_000_flair.nii.gz")
     assert len(entry["input_sha256"]) == 64 and len(entry["sha256"]) == 64
+    assert entry["bytes"] == (roi_cache / entry["file"]).stat().st_size
     assert entry["tumoraug_version"] == __version__
     assert (roi_cache / entry["file"]).is_file()
     assert sorted(p.name for p in roi_cache.iterdir()) == sorted(

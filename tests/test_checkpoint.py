@@ -1,5 +1,9 @@
 import dataclasses
 import json
+import os
+import socket
+import subprocess
+import sys
 from typing import Any, ClassVar
 
 import pytest
@@ -7,14 +11,18 @@ import torch
 
 from tumoraug.checkpoint import (
     CONFIG_NAME,
+    LOCK_NAME,
     WEIGHTS_NAME,
     PretrainedMixin,
+    atomic_path,
+    folder_lock,
     load_state,
+    remove_stale_temporaries,
     resolve_pretrained,
     save_state,
 )
 from tumoraug.config import Config, check
-from tumoraug.errors import CheckpointError, ConfigError
+from tumoraug.errors import CheckpointError, ConfigError, DataError
 
 
 @dataclasses.dataclass
@@ -123,3 +131,40 @@ def test_training_state_round_trip_without_pickle(tmp_path):
     assert torch.equal(
         fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
     )
+
+
+def test_folder_lock_excludes_a_second_writer_and_is_released(tmp_path):
+    with folder_lock(tmp_path) as lock:
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        second = pytest.raises(DataError, match=rf"another tumoraug run \(pid {os.getpid()} on ")
+        with second, folder_lock(tmp_path, DataError):
+            pass
+        assert lock.exists()  # the refused second writer left the first one's lock alone
+    assert not lock.exists()
+    with pytest.raises(RuntimeError), folder_lock(tmp_path):
+        raise RuntimeError("the block failed")
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_folder_lock_takes_over_the_lock_of_a_dead_process(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = {"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
+    with folder_lock(tmp_path) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_remove_stale_temporaries_removes_only_atomic_write_leftovers(tmp_path):
+    with atomic_path(tmp_path / "kept.json") as tmp:
+        tmp.write_text("{}")
+        leftover = tmp.name
+    (tmp_path / leftover).write_text("half")  # what a kill -9 inside the block leaves
+    for name in (".notes", "a.tmp", ".x.tmp", "data.json"):
+        (tmp_path / name).write_text("user data")
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == [leftover]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".notes", ".x.tmp", "a.tmp", "data.json", "kept.json"
+    ]  # fmt: skip

@@ -124,7 +124,7 @@ def test_outputs_checkpoints_and_export(tmp_path):
     x = torch.randn(2, 3)
     assert torch.equal(loaded(x), task.net.eval()(x))
     assert not torch.equal(loaded(x), ToyTask().net.eval()(x))  # it was trained
-    again = run(ToyTask(), tmp_path, 6)  # everything done: resumes and stops at once
+    again = run(ToyTask(), tmp_path, 6, warmup_steps=4)  # all done: resumes, stops at once
     assert again.resumed_from == 6 and again.step == 6
 
 

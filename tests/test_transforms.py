@@ -77,9 +77,9 @@ def test_history_replay_reproduces_the_output(generator):
 
 
 def test_sampling_goes_with_the_source(generator, bank):
-    guided = SamplingConfig(steps=2, guidance_scale=3.0)
+    longer = SamplingConfig(steps=3)
     plain = SyntheticReplace(generator, 1, 123, sampling=FAST)(subject())
-    other = SyntheticReplace(generator, 1, 123, sampling=guided)(subject())
+    other = SyntheticReplace(generator, 1, 123, sampling=longer)(subject())
     assert not torch.equal(plain.image.data, other.image.data)
     assert torch.equal(plain.image.data, generator.generate([1], seed=[123], sampling=FAST)[0])
     with pytest.raises(ConfigError, match="fixed when it was built"):

@@ -5,22 +5,40 @@ manifest and a preview, and the model card of a model folder.
 the datasets and transforms, so that the files hold exactly what a dataset item of the same
 (label, seed) holds. `write_samples` is what ``tumoraug generate`` runs: NIfTI files and/or a
 synthetic bank from one model.
+
+A folder is written by one run at a time (`tumoraug.checkpoint.folder_lock`), and its
+``manifest.json`` is written before the first ROI and after every batch: it lists every
+planned file, ``"complete": false`` until the preview is written, and the SHA-256 of each
+file written so far. So an interrupted run (even ``kill -9``) leaves a folder that the same
+command completes, re-using the files whose hash matches; ``overwrite`` replaces a previous
+run and removes the files of its manifest that the new run does not write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gzip
+import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tumoraug.augment.bank import SyntheticBank
-from tumoraug.augment.source import Source, as_source
-from tumoraug.checkpoint import atomic_path, atomic_write_json
+from tumoraug.augment.source import Source, as_source, check_count
+from tumoraug.augment.storage import check_target
+from tumoraug.checkpoint import (
+    atomic_path,
+    atomic_write_json,
+    folder_lock,
+    remove_stale_temporaries,
+    sha256_file,
+)
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.generator import TumorGenerator
 from tumoraug.labels import LabelLike, to_grade, to_labels
@@ -29,8 +47,9 @@ from tumoraug.sampling import SamplingConfig, per_sample_seeds
 from tumoraug.version import __version__
 
 __all__ = [
+    "MANIFEST_NAME",
     "NIFTI_FORMATS",
-    "check_writable",
+    "PREVIEW_NAME",
     "generate_to_folder",
     "model_card",
     "nifti_bytes",
@@ -38,6 +57,8 @@ __all__ = [
 ]
 
 NIFTI_FORMATS: tuple[str, ...] = ("nii.gz", "nii")
+MANIFEST_NAME = "manifest.json"
+PREVIEW_NAME = "preview.png"
 
 
 def _check_format(fmt: str) -> None:
@@ -65,23 +86,13 @@ def nifti_bytes(volume: torch.Tensor, fmt: str) -> bytes:
     return gzip.compress(data, mtime=0) if fmt == "nii.gz" else data
 
 
-def check_writable(out_dir: Path, names: Iterable[str], overwrite: bool) -> None:
-    """Create ``out_dir`` and check that it is writable and, unless ``overwrite``, that none
-    of ``names`` exists there: `DataError` naming the folder otherwise."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as exc:
-        raise DataError(f"{out_dir}: output folder is not writable ({exc.strerror})") from None
-    if not overwrite:
-        existing = [name for name in names if (out_dir / name).exists()]
-        if existing:
-            raise DataError(
-                f"{out_dir}: would overwrite {len(existing)} existing file(s) "
-                f"({', '.join(existing[:3])}{', ...' if len(existing) > 3 else ''}); "
-                "pass --overwrite (overwrite=True) or choose another folder"
-            )
+def _read_nifti(path: Path) -> torch.Tensor:
+    """The ``(C, D, H, W)`` volume of a file written by `nifti_bytes`."""
+    import nibabel as nib
+    import numpy as np
+
+    array = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    return torch.from_numpy(array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0))
 
 
 def model_card(roi_size: int, in_channels: int) -> str:
@@ -94,6 +105,222 @@ def model_card(roi_size: int, in_channels: int) -> str:
         'generator = TumorGenerator.from_pretrained("<this repo or folder>")\n'
         'rois = generator.generate("HGG", n=4, seed=0)  # (4, C, S, S, S) in [-1, 1]\n```\n'
     )
+
+
+# -- one run's claim on a folder ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _claimed(out_dir: Path) -> Iterator[Path]:
+    """Create ``out_dir`` if needed and hold its lock; clear stale temporaries.
+
+    Folders this call created are removed again if the run leaves them empty (a run refused
+    or failed before its first ROI leaves no trace).
+    """
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise DataError(f"{out_dir}: output folder is not writable ({exc.strerror})") from None
+    try:
+        with folder_lock(out_dir, DataError):
+            remove_stale_temporaries(out_dir)
+            yield out_dir
+    finally:
+        for folder in created:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds while empty
+
+
+@dataclasses.dataclass
+class _FolderPlan:
+    """What a run writes into a folder: the manifest, which samples to make, what to remove."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    todo: list[int]  # indices of the samples to generate
+    remove: list[Path]  # files of the previous run that this one does not write
+    finished: bool = False  # a complete earlier run of the same request: nothing to write
+
+
+def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What decides the files of a run (the batch size does not: decoding is batch-invariant)."""
+    settings = {k: v for k, v in manifest.get("settings", {}).items() if k != "batch_size"}
+    samples = [[s.get("file"), s.get("label"), s.get("seed")] for s in manifest["samples"]]
+    return {
+        "model": manifest.get("model"),
+        "format": manifest.get("format"),
+        "settings": settings,
+        "samples": samples,
+    }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The entries of two `_identity` dicts that differ, as ``key: <old> there, <new> now``."""
+    a, b = {**old, **old["settings"]}, {**new, **new["settings"]}
+    keys = [k for k in (*b, *[k for k in a if k not in b]) if k != "settings"]
+    diffs = [
+        f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" if k != "samples" else "the list of samples"
+        for k in dict.fromkeys(keys)
+        if a.get(k) != b.get(k)
+    ]
+    return "; ".join(diffs)
+
+
+def _previous(out_dir: Path) -> dict[str, Any] | None:
+    """The manifest of an earlier run in ``out_dir``, or None (absent or not a tumoraug one)."""
+    try:
+        old = json.loads((out_dir / MANIFEST_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(old, dict) or not isinstance(old.get("samples"), list):
+        return None
+    files = [s.get("file") if isinstance(s, dict) else None for s in old["samples"]]
+    if not all(isinstance(f, str) and f and Path(f).name == f for f in files):
+        return None  # only plain file names inside the folder are ever touched
+    return old
+
+
+def _plan_folder(
+    source: Source,
+    labels: list[int],
+    out_dir: Path,
+    *,
+    seed: int,
+    batch_size: int,
+    fmt: str,
+    overwrite: bool,
+) -> _FolderPlan:
+    """Decide what the run writes, or refuse (`DataError`) before anything is sampled.
+
+    A previous run with the same model, settings and samples is completed: its files whose
+    SHA-256 matches the manifest are kept (with an incomplete manifest, any other file it
+    lists is the interrupted run's and is replaced). Anything else in the way needs
+    ``overwrite``.
+    """
+    seeds = per_sample_seeds(seed, len(labels))
+    grades = [to_grade(label) for label in labels]
+    manifest: dict[str, Any] = {
+        "tumoraug_version": __version__,
+        "model": source.model_id,
+        "roi_size": None,
+        "in_channels": None,
+        "format": fmt,
+        "affine": "identity, 1 mm voxels",
+        "settings": {
+            **source.settings,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": source.device,
+        },
+        "complete": False,
+        "samples": [
+            {"file": f"{j:04d}_{grade}.{fmt}", "grade": grade, "label": label, "seed": s}
+            for j, (grade, label, s) in enumerate(zip(grades, labels, seeds, strict=True))
+        ],
+    }
+    samples = manifest["samples"]
+    names = {s["file"] for s in samples}
+    old = _previous(out_dir)
+    if overwrite:
+        stale = {s["file"] for s in old["samples"]} - names if old else set()
+        remove = [out_dir / name for name in sorted(stale) if (out_dir / name).is_file()]
+        return _FolderPlan(out_dir, manifest, list(range(len(samples))), remove)
+    if old is not None and _identity(old) == _identity(manifest):
+        conflicts = []
+        for sample, before in zip(samples, old["samples"], strict=True):
+            path = out_dir / sample["file"]
+            if not path.exists():
+                continue
+            if before.get("sha256") and sha256_file(path) == before["sha256"]:
+                sample["sha256"] = before["sha256"]
+            elif old.get("complete", True):
+                conflicts.append(sample["file"])
+        if conflicts:
+            raise DataError(
+                f"{out_dir}: {len(conflicts)} file(s) differ from what {MANIFEST_NAME} records "
+                f"({', '.join(conflicts[:3])}{', ...' if len(conflicts) > 3 else ''}); pass "
+                "--overwrite (overwrite=True) to generate them again, or choose another folder"
+            )
+        todo = [j for j, sample in enumerate(samples) if "sha256" not in sample]
+        if not todo and old.get("complete") and (out_dir / PREVIEW_NAME).is_file():
+            return _FolderPlan(out_dir, old, [], [], finished=True)
+        return _FolderPlan(out_dir, manifest, todo, [])
+    if old is not None and old.get("complete") is False:
+        raise DataError(
+            f"{out_dir}: holds an interrupted run with other settings "
+            f"({_differences(_identity(old), _identity(manifest))}); re-run it with the "
+            "options it was started with to complete it, or pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
+    existing = [n for n in (*sorted(names), MANIFEST_NAME, PREVIEW_NAME) if (out_dir / n).exists()]
+    if existing:
+        raise DataError(
+            f"{out_dir}: would overwrite {len(existing)} existing file(s) "
+            f"({', '.join(existing[:3])}{', ...' if len(existing) > 3 else ''}); "
+            "pass --overwrite (overwrite=True) or choose another folder"
+        )
+    return _FolderPlan(out_dir, manifest, list(range(len(samples))), [])
+
+
+def _fill_folder(
+    plan: _FolderPlan, source: Source, batch_size: int, progress: bool, preview_rows: int
+) -> tuple[dict[str, Any], int]:
+    """Generate the planned samples, batch by batch; returns (manifest, samples re-used).
+
+    The previous run's files are removed and the manifest written once the first batch
+    exists, so that a model that fails on its first batch leaves the folder as it was.
+    """
+    from tumoraug.viz import save_montage
+
+    out_dir, manifest = plan.out_dir, plan.manifest
+    if plan.finished:
+        return manifest, len(manifest["samples"])
+    samples, manifest_file = manifest["samples"], plan.out_dir / MANIFEST_NAME
+    preview: dict[int, torch.Tensor] = {}
+
+    def commit() -> None:
+        for path in plan.remove:
+            path.unlink(missing_ok=True)
+        atomic_write_json(manifest_file, manifest)
+
+    with progress_bar("generating", len(plan.todo), enabled=progress) as bar:
+        for lo in range(0, len(plan.todo), batch_size):
+            part = plan.todo[lo : lo + batch_size]
+            volumes = source.volumes(
+                [samples[j]["label"] for j in part], [samples[j]["seed"] for j in part]
+            )
+            if lo == 0:
+                commit()
+            for j, volume in zip(part, volumes, strict=True):
+                data = nifti_bytes(volume, manifest["format"])
+                with atomic_path(out_dir / samples[j]["file"]) as tmp:
+                    tmp.write_bytes(data)
+                samples[j]["sha256"] = hashlib.sha256(data).hexdigest()
+                if j < preview_rows:
+                    preview[j] = volume
+            atomic_write_json(manifest_file, manifest)
+            bar.advance(len(part))
+    if not plan.todo:
+        commit()
+    rows = [
+        preview[j] if j in preview else _read_nifti(out_dir / samples[j]["file"])
+        for j in range(min(preview_rows, len(samples)))
+    ]
+    grades = [sample["grade"] for sample in samples[: len(rows)]]
+    save_montage(rows, out_dir / PREVIEW_NAME, row_labels=grades)
+    manifest.update(roi_size=int(rows[0].shape[-1]), in_channels=int(rows[0].shape[0]))
+    manifest["complete"] = True
+    atomic_write_json(manifest_file, manifest)
+    return manifest, len(samples) - len(plan.todo)
+
+
+def _check_request(n: int, batch_size: int, fmt: str) -> None:
+    check_count("generate", "n (CLI: --n)", n)
+    check_count("generate", "batch_size (CLI: --batch-size)", batch_size)
+    _check_format(fmt)
 
 
 def generate_to_folder(
@@ -116,58 +343,24 @@ def generate_to_folder(
     ``sampling``, or any `Source` (e.g. a `SyntheticBank`, whose settings are fixed).
     Sample ``j`` has the seed ``per_sample_seeds(seed, N)[j]``. Writes
     ``<index>_<grade>.<fmt>`` per ROI (1 mm identity affine), ``manifest.json`` (file, grade,
-    label, per-sample seed, model, settings) and ``preview.png`` (centre slices of the first
-    ``preview_rows`` ROIs). Checks the labels, the folder and existing files before any
-    sampling; never overwrites unless ``overwrite``. Returns the manifest.
+    label, per-sample seed and SHA-256, model, settings, ``complete``) and ``preview.png``
+    (centre slices of the first ``preview_rows`` ROIs). Checks the labels, the folder and
+    existing files before any sampling; never overwrites unless ``overwrite``, which also
+    removes the files of the folder's previous manifest that this run does not write; the
+    same call completes a folder that an interrupted run left. Returns the manifest.
     """
-    from tumoraug.viz import save_montage
-
-    _check_format(fmt)
-    if n < 1 or batch_size < 1:
-        raise ConfigError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+    _check_request(n, batch_size, fmt)
+    check_count("generate_to_folder", "preview_rows", preview_rows)
     per_label = to_labels(labels)
     if not per_label:
         raise ConfigError("no label given: expected HGG, LGG, 0 or 1")
     source = as_source(generator_or_source, sampling, batch_size=batch_size)
-    label_list = [label for label in per_label for _ in range(n)]
-    seeds = per_sample_seeds(seed, len(label_list))
-    grades = [to_grade(label) for label in label_list]
-    names = [f"{j:04d}_{grade}.{fmt}" for j, grade in enumerate(grades)]
-    out_dir = Path(out_dir)
-    check_writable(out_dir, [*names, "manifest.json", "preview.png"], overwrite)
-    parts = []
-    with progress_bar("generating", len(label_list), enabled=progress) as bar:
-        for lo in range(0, len(label_list), batch_size):
-            part = source.volumes(label_list[lo : lo + batch_size], seeds[lo : lo + batch_size])
-            parts.append(part)
-            bar.advance(len(part))
-    volumes = torch.cat(parts)
-    for name, volume in zip(names, volumes, strict=True):
-        with atomic_path(out_dir / name) as tmp:
-            tmp.write_bytes(nifti_bytes(volume, fmt))
-    save_montage(volumes[:preview_rows], out_dir / "preview.png", row_labels=grades[:preview_rows])
-    manifest = {
-        "tumoraug_version": __version__,
-        "model": source.model_id,
-        "roi_size": int(volumes.shape[-1]),
-        "in_channels": int(volumes.shape[1]),
-        "format": fmt,
-        "affine": "identity, 1 mm voxels",
-        "settings": {
-            **source.settings,
-            "seed": seed,
-            "batch_size": batch_size,
-            "device": source.device,
-        },
-        "samples": [
-            {"file": name, "grade": grade, "label": label, "seed": sample_seed}
-            for name, grade, label, sample_seed in zip(
-                names, grades, label_list, seeds, strict=True
-            )
-        ],
-    }
-    atomic_write_json(out_dir / "manifest.json", manifest)
-    return manifest
+    items = [label for label in per_label for _ in range(n)]
+    with _claimed(Path(out_dir)) as folder:
+        plan = _plan_folder(
+            source, items, folder, seed=seed, batch_size=batch_size, fmt=fmt, overwrite=overwrite
+        )
+        return _fill_folder(plan, source, batch_size, progress, preview_rows)[0]
 
 
 def write_samples(
@@ -191,16 +384,20 @@ def write_samples(
     ``model``: a `TumorGenerator`, a model folder / Hub id, or None for the embedded demo
     model. Empty labels (as in ``"HGG,"``) are skipped. Sample ``j`` has the seed
     ``per_sample_seeds(seed, N)[j]`` in both outputs, so the bank stores what the files hold
-    (up to its quantisation). Returns one summary line per output written.
+    (up to its quantisation). Both outputs are checked before anything is sampled. Returns
+    one summary line per output written.
     """
     if out_dir is None and bank is None:
         raise ConfigError(
             "nowhere to write: give out_dir (--out FOLDER, NIfTI files) and/or bank "
             "(--bank FILE, a synthetic bank)"
         )
+    _check_request(n, batch_size, fmt)
     if isinstance(labels, str | int):
         labels = [labels]
     per_label = to_labels([v for v in labels if not (isinstance(v, str) and not v.strip())])
+    if not per_label:
+        raise ConfigError("no label given: expected HGG, LGG, 0 or 1 (CLI: --label)")
     if model is None:
         from tumoraug.pretrained import demo_model_path
 
@@ -210,18 +407,28 @@ def write_samples(
         if isinstance(model, TumorGenerator)
         else TumorGenerator.from_pretrained(model, device=device)
     )
+    source = as_source(generator, sampling, batch_size=batch_size)
+    items = [label for label in per_label for _ in range(n)]
     written = []
-    if bank is not None:
-        items = [label for label in per_label for _ in range(n)]
-        built = SyntheticBank.build(
-            generator, len(items), items, bank, seed, dtype=bank_dtype, batch_size=batch_size,
-            sampling=sampling, overwrite=overwrite, progress=progress,
-        )  # fmt: skip
-        written.append(f"wrote a bank of {len(built)} ROIs to {built.path}")
-    if out_dir is not None:
-        manifest = generate_to_folder(
-            generator, per_label, out_dir, n=n, seed=seed, sampling=sampling,
-            batch_size=batch_size, fmt=fmt, overwrite=overwrite, progress=progress,
-        )  # fmt: skip
-        written.append(f"wrote {len(manifest['samples'])} ROIs to {out_dir}")
+    with _claimed(Path(out_dir)) if out_dir is not None else contextlib.nullcontext() as folder:
+        plan = None
+        if folder is not None:
+            plan = _plan_folder(
+                source, items, folder, seed=seed, batch_size=batch_size, fmt=fmt,
+                overwrite=overwrite,
+            )  # fmt: skip
+        if bank is not None:
+            check_target(Path(bank).expanduser(), overwrite)
+            built = SyntheticBank.build(
+                source, len(items), items, bank, seed, dtype=bank_dtype, batch_size=batch_size,
+                overwrite=overwrite, progress=progress,
+            )  # fmt: skip
+            written.append(f"wrote a bank of {len(built)} ROIs to {built.path}")
+        if plan is not None:
+            _, kept = _fill_folder(plan, source, batch_size, progress, preview_rows=16)
+            if kept == len(items):
+                written.append(f"{out_dir} already holds these {kept} ROIs")
+            else:
+                done = f" ({kept} already there)" if kept else ""
+                written.append(f"wrote {len(items) - kept} ROIs to {out_dir}{done}")
     return written

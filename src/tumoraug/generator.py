@@ -275,13 +275,22 @@ class TumorGenerator:
         """Token grids ``(N, d, h, w)`` -> ROIs ``(N, C, S, S, S)`` float32 on the CPU in [-1, 1].
 
         Batch-invariant: each grid is decoded on its own, so a volume does not depend on the
-        other grids passed with it.
+        other grids passed with it. A decoded NaN or infinity is a `CheckpointError` (the
+        weights are broken), checked before clamping, which would turn infinities into ±1.
         """
         tokenizer = self.tokenizer
         tokens = tokens.to(self._device)
         with autocast(self._device):
             volumes = [tokenizer.decode(grid[None]).float().cpu() for grid in tokens]  # (1,C,S,S,S)
-        return torch.cat([self._no_volumes(), *volumes]).clamp(-1.0, 1.0)
+        out = torch.cat([self._no_volumes(), *volumes])
+        if not bool(torch.isfinite(out).all()):
+            bad = [j for j, volume in enumerate(out) if not bool(torch.isfinite(volume).all())]
+            raise CheckpointError(
+                f"{self._source or 'TumorGenerator'}: the model decoded non-finite values "
+                f"(NaN or infinity) for {len(bad)} of {len(out)} sample(s) of this batch; its "
+                "weights are broken: re-train or re-download the model"
+            )
+        return out.clamp(-1.0, 1.0)
 
     def volumes(
         self,
@@ -296,7 +305,8 @@ class TumorGenerator:
 
         The one path from (label, seed) to a volume: tokens are sampled ``batch_size`` samples
         at a time, then decoded one by one, so that the result does not depend on
-        ``batch_size``. ``progress`` shows a progress bar on stderr.
+        ``batch_size``; a model that decodes NaN or infinity is refused (`CheckpointError`).
+        ``progress`` shows a progress bar on stderr.
         """
         label_list = to_labels(list(labels))
         seed_list = [int(s) for s in seeds]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from tumoraug.augment.source import Source, as_source, item_seeds, resolve_labels
+from tumoraug.augment.source import Source, as_source, check_count, item_seeds, resolve_labels
 from tumoraug.augment.storage import (
     DTYPES,
     HEADER_BYTES,
@@ -213,8 +213,9 @@ class SyntheticBank:
         path = Path(path).expanduser()
         if DTYPES.get(dtype) is None:
             raise ConfigError(f"bank dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if n < 1 or batch_size < 1 or workers < 1 or start < 0:
-            raise ConfigError("n, batch_size and workers must be >= 1 and start >= 0")
+        for name, value, low in (("n", n, 1), ("batch_size", batch_size, 1),
+                                 ("workers", workers, 1), ("start", start, 0)):  # fmt: skip
+            check_count("SyntheticBank.build", name, value, low)
         check_target(path, overwrite)
         label_list = resolve_labels(labels, n, class_ratio, seed, start)
         source = as_source(generator, sampling, device, batch_size=batch_size)
@@ -343,8 +344,8 @@ class SyntheticBank:
         """
         if self.seed is None:
             raise DataError(f"{self.path}: merged from unrelated shards; cannot append")
-        if n < 1 or batch_size < 1:
-            raise ConfigError("n and batch_size must be >= 1")
+        check_count("SyntheticBank.append", "n", n)
+        check_count("SyntheticBank.append", "batch_size", batch_size)
         m = self.manifest
         begin = m["start"] + len(self)
         label_list = resolve_labels(labels, n, class_ratio, self.seed, begin)

@@ -22,8 +22,7 @@ import torchio as tio
 from torch.utils.data import Dataset
 
 from tumoraug.augment.bank import SyntheticBank
-from tumoraug.augment.source import Source, as_source, item_seeds, resolve_labels
-from tumoraug.errors import ConfigError
+from tumoraug.augment.source import Source, as_source, check_count, item_seeds, resolve_labels
 from tumoraug.generator import TumorGenerator
 from tumoraug.labels import GRADES, LabelLike, to_grade
 from tumoraug.sampling import SamplingConfig
@@ -81,17 +80,16 @@ class SyntheticTumorDataset(Dataset):
         cache_blocks: int = 2,
         device: str = "auto",
     ) -> None:
-        if length is not None and length < 0:
-            raise ConfigError(f"length must be >= 0, got {length}")
-        if block_size < 1 or cache_blocks < 1:
-            raise ConfigError("block_size and cache_blocks must be >= 1")
+        owner = type(self).__name__
+        if length is not None:
+            length = check_count(owner, "length", length, 0)
+        self.block_size = check_count(owner, "block_size", block_size)
+        self.cache_blocks = check_count(owner, "cache_blocks", cache_blocks)
         self.source: Source = as_source(generator, sampling, device, batch_size=block_size)
         self.labels: list[int] = resolve_labels(labels, length, class_ratio, seed)
         self.seed = seed
         self._seeds: list[int] | None = None  # derived on demand: cheap per item
         self.transform = transform
-        self.block_size = block_size
-        self.cache_blocks = cache_blocks
         self._cache: collections.OrderedDict[int, torch.Tensor] = collections.OrderedDict()
 
     @classmethod
@@ -139,12 +137,11 @@ class SyntheticTumorDataset(Dataset):
         ]
 
     def _check_index(self, index: int) -> int:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} synthetic items")
-        return index
+        """``index`` as a position in ``0 .. len-1`` (negative counts from the end)."""
+        position = int(index) + len(self) if int(index) < 0 else int(index)
+        if not 0 <= position < len(self):
+            raise IndexError(f"index {int(index)} out of range for {len(self)} synthetic items")
+        return position
 
     def volumes(self, indices: Sequence[int]) -> torch.Tensor:
         """Raw volumes ``(N, C, S, S, S)`` of ``indices`` (no transform), made together."""

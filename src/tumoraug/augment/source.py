@@ -15,6 +15,7 @@ agree item by item.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -32,6 +33,7 @@ __all__ = [
     "GeneratorSource",
     "Source",
     "as_source",
+    "check_count",
     "class_labels",
     "item_seeds",
     "resolve_labels",
@@ -53,6 +55,13 @@ class Source(Protocol):
     device: str
 
     def volumes(self, labels: Sequence[int], seeds: Sequence[int]) -> torch.Tensor: ...
+
+
+def check_count(owner: str, name: str, value: object, low: int = 1) -> int:
+    """``value`` when it is an int >= ``low``, else a `ConfigError` naming ``owner.name``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{owner}: {name} must be an int >= {low}, got {value!r}")
+    return int(value)
 
 
 def item_seeds(seed: int, indices: Sequence[int] | np.ndarray) -> list[int]:
@@ -134,8 +143,7 @@ class GeneratorSource:
                 "expected a TumorGenerator, a model folder / Hub id or a Source (e.g. a "
                 f"SyntheticBank), got {type(generator).__name__}"
             )
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_count("GeneratorSource", "batch_size", batch_size)
         self.sampling = check_sampling(sampling)
         self.device_request = device
         self.batch_size = batch_size

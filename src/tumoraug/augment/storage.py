@@ -162,7 +162,10 @@ def check_target(path: Path, overwrite: bool) -> None:
     if path.suffix == ".json":
         raise ConfigError(f"{path}: give the bank data file (e.g. bank.npy), not a .json path")
     if not overwrite and (path.exists() or manifest_path(path).exists()):
-        raise DataError(f"{path}: a bank already exists there (pass overwrite=True to replace it)")
+        raise DataError(
+            f"{path}: a bank already exists there; pass overwrite=True (CLI: --overwrite) to "
+            "replace it, or choose another file"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
 
 

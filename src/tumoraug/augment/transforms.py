@@ -8,9 +8,10 @@ rebuilds ``SyntheticReplace(source, label, seed, ...)`` and replays the same ROI
 recorded `Source` carries the sampling settings it was made with.
 
 Both honour ``include`` / ``exclude`` (intensity images only: label maps are left as they
-are, so a ``seg`` no longer matches a replaced image), keep each image's affine, and are not
-invertible. Class names do not clash with TorchIO's, which matters because TorchIO rebuilds
-history entries by class name.
+are, so a ``seg`` no longer matches a replaced image; a name in ``include`` that the subject
+lacks is a `DataError`, as TorchIO raises for a missing key), keep each image's affine, and
+are not invertible. Class names do not clash with TorchIO's, which matters because TorchIO
+rebuilds history entries by class name.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ __all__ = ["RandomSyntheticReplace", "SyntheticReplace"]
 
 SHAPE_MODES = ("error", "resize")
 SourceLike = Source | TumorGenerator | str | os.PathLike[str]
+
+
+def check_included(transform: tio.Transform, subject: tio.Subject) -> None:
+    """`DataError` when ``include`` names an entry the subject lacks, as TorchIO raises for a
+    missing key: a misspelt or absent image name must not turn the transform into a no-op."""
+    missing = [name for name in transform.include or () if name not in subject]
+    if missing:
+        raise DataError(
+            f"{type(transform).__name__}: include names {', '.join(map(repr, missing))}, which "
+            f"the subject does not have (entries: {', '.join(map(str, subject.keys()))})"
+        )
 
 
 def check_shape_mode(shape_mismatch: str) -> str:
@@ -78,6 +90,7 @@ class SyntheticReplace(IntensityTransform):
         self.args_names = ["source", "label", "seed", "shape_mismatch"]
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        check_included(self, subject)
         images = self.get_images_dict(subject)
         if not images:
             return subject
@@ -146,6 +159,7 @@ class RandomSyntheticReplace(RandomTransform, IntensityTransform):
         return self.probability
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        check_included(self, subject)
         if not self.get_images_dict(subject):
             return subject
         if self.label_key not in subject:

@@ -6,6 +6,7 @@ ROIDataset``; `write_phantom_dataset` writes BraTS-layout test data without real
 
 from tumoraug.data.brats import (
     MODALITIES,
+    LayoutWarning,
     SubjectRecord,
     check_modalities,
     discover_subjects,
@@ -20,6 +21,7 @@ from tumoraug.data.roi import ROI, ROIWarning, extract_roi, normalize
 __all__ = [
     "MODALITIES",
     "ROI",
+    "LayoutWarning",
     "PreprocessReport",
     "ROIDataset",
     "ROIWarning",

@@ -5,17 +5,23 @@ Two layouts are understood:
 * **BraTS 2019 training layout**: ``<root>/HGG/<id>/<id>_<modality>.nii.gz`` and
   ``<root>/LGG/...``; the grade comes from the folder name.
 * **Flat layout with a CSV** (later releases): ``<root>/<id>/<id>_<modality>.nii.gz`` and a
-  CSV file with a header naming a subject column (``subject``, ``id``, ``BraTS_2020_subject_ID``
-  ...) and a ``grade`` column holding ``HGG``/``LGG``.
+  CSV file with a header, a ``grade`` column holding ``HGG``/``LGG`` and one or more subject
+  columns (``subject``, ``id``, ``BraTS_2020_subject_ID`` ...). The subject column is the one
+  whose values match the subject folders, as in BraTS 2020's ``name_mapping.csv``, where the
+  ids of older releases stand beside the 2020 ones (``NA`` where a subject is new). A subject
+  folder that the CSV does not list is reported, not skipped silently.
 
 Modality files are found by suffix whatever their ending (``.nii`` or ``.nii.gz``), with the
 BraTS 2023 names as aliases (``t2f`` for flair, ``t1c`` for t1ce, ``t1n`` for t1, ``t2w`` for
-t2). Every problem is a `DataError` naming the file and what is wrong with it.
+t2). A folder without a ``_seg`` file whose only other NIfTI matches no modality (BraTS 2020
+ships one, ``W39_1998.09.19_Segm.nii``) uses that file as the segmentation, with a
+`LayoutWarning` naming it. Every problem is a `DataError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,6 +45,18 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 _EXTENSIONS = (".nii.gz", ".nii")
 _SUBJECT_COLUMNS = ("subject", "subject_id", "id", "brats_id")
+_NO_SUBJECT = ("", "na", "n/a")
+"""Cells that name no subject (BraTS 2020 writes ``NA`` for ids a release did not have)."""
+
+
+class LayoutWarning(UserWarning):
+    """A subject folder is usable but not laid out as BraTS names it (e.g. a misnamed seg)."""
+
+
+def _suffixes(kind: str) -> tuple[str, ...]:
+    return tuple(
+        f"{sep}{alias}{ext}" for alias in _ALIASES[kind] for sep in "_-" for ext in _EXTENSIONS
+    )
 
 
 def check_modalities(modalities: str | Iterable[str]) -> tuple[str, ...]:
@@ -73,19 +91,32 @@ class SubjectRecord:
         """Path of the file of ``kind`` (a modality or ``"seg"``), `DataError` if none or many."""
         if not self.directory.is_dir():
             raise DataError(f"{self.directory}: subject folder of {self.subject_id} not found")
-        suffixes = tuple(
-            f"{sep}{alias}{ext}" for alias in _ALIASES[kind] for sep in "_-" for ext in _EXTENSIONS
-        )
-        matches = sorted(p for p in self.directory.iterdir() if p.name.lower().endswith(suffixes))
-        if not matches:
-            raise DataError(
-                f"{self.directory}: missing {kind} file for subject {self.subject_id} "
-                f"(expected a name ending in _{kind}.nii.gz or _{kind}.nii)"
-            )
+        files = sorted(self.directory.iterdir())
+        matches = [p for p in files if p.name.lower().endswith(_suffixes(kind))]
         if len(matches) > 1:
             names = ", ".join(p.name for p in matches)
             raise DataError(f"{self.directory}: several {kind} files ({names}); keep one")
-        return matches[0]
+        if matches:
+            return matches[0]
+        known = tuple(s for k in _ALIASES for s in _suffixes(k))
+        unknown = [
+            p
+            for p in files
+            if p.name.lower().endswith(_EXTENSIONS) and not p.name.lower().endswith(known)
+        ]
+        if kind == "seg" and len(unknown) == 1:
+            warnings.warn(
+                f"{unknown[0]}: no {self.subject_id}_seg file; using {unknown[0].name}, the "
+                "only NIfTI that matches no modality, as the segmentation",
+                LayoutWarning,
+                stacklevel=2,
+            )
+            return unknown[0]
+        found = f"; found {', '.join(p.name for p in unknown)}" if unknown else ""
+        raise DataError(
+            f"{self.directory}: missing {kind} file for subject {self.subject_id} "
+            f"(expected a name ending in _{kind}.nii.gz or _{kind}.nii{found})"
+        )
 
     def files(self, modalities: Sequence[str]) -> dict[str, Path]:
         """Paths of the chosen modalities and of the segmentation (key ``"seg"``), in order."""
@@ -100,8 +131,30 @@ def _grade_folders(root: Path) -> dict[str, Path]:
     return {p.name.upper(): p for p in root.iterdir() if p.is_dir() and p.name.upper() in GRADES}
 
 
-def _read_grades_csv(path: Path) -> tuple[dict[str, str], list[tuple[str, DataError]]]:
-    """Map subject id -> grade from a CSV; rows with an unknown grade become problems."""
+def _subject_column(header: list[str], rows: list[list[str]], folders: set[str]) -> int | None:
+    """Index of the subject column: the candidate whose values match most subject folders.
+
+    Candidates are the columns named like a subject id; without any match (no folders yet,
+    or ids that differ) the best-named one is taken.
+    """
+    named = [header.index(c) for c in _SUBJECT_COLUMNS if c in header]
+    named += [i for i, h in enumerate(header) if ("subject" in h or "id" in h) and i not in named]
+    if not named:
+        return None
+
+    def matches(column: int) -> int:
+        return sum(1 for row in rows if len(row) > column and row[column].strip() in folders)
+
+    return max(named, key=lambda c: (matches(c), -named.index(c)))
+
+
+def _read_grades_csv(
+    path: Path, folders: set[str]
+) -> tuple[dict[str, str], list[tuple[str, DataError]]]:
+    """Map subject id -> grade from a CSV; rows with an unknown grade become problems.
+
+    ``folders`` are the names of the subject folders, to choose the subject column by.
+    """
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
@@ -112,9 +165,7 @@ def _read_grades_csv(path: Path) -> tuple[dict[str, str], list[tuple[str, DataEr
     header = [h.strip().lower() for h in rows[0]]
     if "grade" not in header:
         raise DataError(f"{path}: no 'grade' column in the header {rows[0]}")
-    subject_col = next((header.index(c) for c in _SUBJECT_COLUMNS if c in header), None)
-    if subject_col is None:
-        subject_col = next((i for i, h in enumerate(header) if "subject" in h or "id" in h), None)
+    subject_col = _subject_column(header, rows[1:], folders)
     if subject_col is None:
         raise DataError(f"{path}: no subject column (e.g. 'subject') in the header {rows[0]}")
     grade_col = header.index("grade")
@@ -126,6 +177,8 @@ def _read_grades_csv(path: Path) -> tuple[dict[str, str], list[tuple[str, DataEr
         if len(row) <= max(subject_col, grade_col):
             raise DataError(f"{path}, line {line}: expected subject and grade, got {row}")
         subject, grade = row[subject_col].strip(), row[grade_col].strip()
+        if subject.lower() in _NO_SUBJECT:
+            continue
         if subject in grades:
             raise DataError(f"{path}, line {line}: subject {subject!r} is listed twice")
         try:
@@ -166,8 +219,9 @@ def scan_subjects(
     """Discover subjects; return the good records and the per-subject problems found so far.
 
     Layout-level problems (missing or empty folder, no recognisable layout, unreadable CSV)
-    raise `DataError` at once; a subject with an unknown grade is returned as a problem so
-    that a preprocessing run can report it and go on.
+    raise `DataError` at once; a subject with an unknown grade, or a subject folder that the
+    CSV does not list, is returned as a problem so that a preprocessing run can report it
+    and go on.
     """
     root = Path(root)
     if not root.is_dir():
@@ -190,8 +244,15 @@ def scan_subjects(
             )
         if not csv_path.is_file():
             raise DataError(f"{csv_path}: grades CSV not found")
-        grades, problems = _read_grades_csv(csv_path)
+        folders = {d.name: d for d in _subject_dirs(root)}
+        grades, problems = _read_grades_csv(csv_path, set(folders))
         records = [SubjectRecord(s, g, root / s) for s, g in grades.items()]
+        listed = set(grades) | {s for s, _ in problems}
+        problems += [
+            (name, DataError(f"{d}: subject folder not listed in {csv_path}; left out (add a row)"))
+            for name, d in folders.items()
+            if name not in listed
+        ]
     if not records and not problems:
         raise DataError(f"{root}: no subject folders found")
     seen: dict[str, SubjectRecord] = {}
@@ -257,10 +318,18 @@ class LoadedSubject:
     seg: np.ndarray
 
 
-def load_subject(record: SubjectRecord, modalities: Sequence[str] = ("flair",)) -> LoadedSubject:
-    """Read the chosen modalities and the segmentation of ``record``; shapes must agree."""
+def load_subject(
+    record: SubjectRecord,
+    modalities: Sequence[str] = ("flair",),
+    paths: dict[str, Path] | None = None,
+) -> LoadedSubject:
+    """Read the chosen modalities and the segmentation of ``record``; shapes must agree.
+
+    ``paths`` are the files that ``record.files(modalities)`` returned, when already known
+    (so that they are not looked up, and warned about, twice).
+    """
     modalities = check_modalities(modalities)
-    paths = record.files(modalities)
+    paths = record.files(modalities) if paths is None else paths
     seg = load_volume(paths["seg"], segmentation=True)
     images = []
     for modality in modalities:

@@ -1,4 +1,4 @@
-"""Procedural brain + tumor phantoms written in the BraTS 2019 training layout.
+"""Procedural brain + tumor phantoms written in the BraTS 2019 or 2020 training layout.
 
 A phantom is a head (scalp, skull, CSF, folded grey matter over white matter, lateral
 ventricles, interhemispheric fissure) with one glioma: a core (necrosis and an enhancing rim,
@@ -15,6 +15,12 @@ Everything is vectorised numpy/scipy on the full grid and depends only on ``(see
 index)``: the same seed gives the same bytes on disk (gzip without timestamp or file name).
 Sizes are in millimetres at 1 mm voxels and scale with the grid, so that a 48×48×32 test
 phantom looks like a shrunken 240×240×155 one.
+
+``layout="brats2020"`` writes the same subjects as the BraTS 2020 release ships them, quirks
+included, so that its reader is tested without the real data: flat ``BraTS20_Training_NNN``
+folders of uncompressed ``.nii`` files, ``name_mapping.csv`` (CRLF line ends, ``NA`` in the
+older-release id columns) beside ``survival_info.csv``, and the last subject's segmentation
+misnamed ``W39_1998.09.19_Segm.nii`` as in the release.
 """
 
 from __future__ import annotations
@@ -37,6 +43,22 @@ from tumoraug.labels import GRADES, to_grade, to_label
 
 DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
 """The BraTS grid (1 mm isotropic)."""
+
+LAYOUTS: tuple[str, ...] = ("brats2019", "brats2020")
+"""The folder layouts `write_phantom_dataset` can write."""
+
+MISNAMED_SEG = "W39_1998.09.19_Segm.nii"
+"""The segmentation name that BraTS 2020 ships for one subject instead of ``<id>_seg.nii``."""
+
+NAME_MAPPING_COLUMNS: tuple[str, ...] = (
+    "Grade",
+    "BraTS_2017_subject_ID",
+    "BraTS_2018_subject_ID",
+    "TCGA_TCIA_subject_ID",
+    "BraTS_2019_subject_ID",
+    "BraTS_2020_subject_ID",
+)
+"""The header of BraTS 2020's ``name_mapping.csv``."""
 
 MIN_SIZE = 16
 """The smallest phantom edge length that still holds a recognisable head and tumor."""
@@ -319,16 +341,57 @@ def save_nifti(volume: np.ndarray, path: str | Path, affine: np.ndarray | None =
         tmp.write_bytes(data)
 
 
-def _write_one(task: tuple[Path, str, int, int, tuple[int, int, int]]) -> str:
-    out_dir, grade, seed, index, shape = task
-    subject = phantom_id(grade, index)
+Task = tuple[Path, dict[str, str], str, int, int, tuple[int, int, int]]
+"""What `_write_one` writes: (folder, file name per kind, grade, seed, index, shape)."""
+
+
+def _write_one(task: Task) -> None:
+    folder, names, grade, seed, index, shape = task
     phantom = make_phantom(grade, seed=seed, index=index, shape=shape)
-    folder = out_dir / grade / subject
     folder.mkdir(parents=True, exist_ok=True)
     for modality, volume in phantom.images.items():
-        save_nifti(volume, folder / f"{subject}_{modality}.nii.gz")
-    save_nifti(phantom.seg, folder / f"{subject}_seg.nii.gz")
-    return subject
+        save_nifti(volume, folder / names[modality])
+    save_nifti(phantom.seg, folder / names["seg"])
+
+
+def _tasks(
+    out_dir: Path, per_class: int, seed: int, shape: tuple[int, int, int], layout: str
+) -> list[Task]:
+    """One `_write_one` task per subject of ``layout``, HGG subjects first."""
+    subjects = [(g, i) for g in ("HGG", "LGG") for i in range(per_class)]
+    if layout == "brats2019":
+        ids = [phantom_id(g, i) for g, i in subjects]
+        folders = [out_dir / g / s for s, (g, _) in zip(ids, subjects, strict=True)]
+    else:
+        ids = [f"BraTS20_Training_{n:03d}" for n in range(1, len(subjects) + 1)]
+        folders = [out_dir / s for s in ids]
+    ext = ".nii.gz" if layout == "brats2019" else ".nii"
+    tasks = [
+        (folder, {k: f"{s}_{k}{ext}" for k in (*MODALITIES, "seg")}, g, seed, i, shape)
+        for s, folder, (g, i) in zip(ids, folders, subjects, strict=True)
+    ]
+    if layout == "brats2020":
+        tasks[-1][1]["seg"] = MISNAMED_SEG
+    return tasks
+
+
+def _brats2020_tables(tasks: list[Task], out_dir: Path) -> None:
+    """Write ``name_mapping.csv`` and ``survival_info.csv`` as the BraTS 2020 release has them.
+
+    Every other subject has ids of the older releases, the rest ``NA`` there (so ``NA``
+    repeats in those columns); the TCGA column is ``NA`` throughout. Lines end in CRLF.
+    """
+    rows = [",".join(NAME_MAPPING_COLUMNS)]
+    survival = ["Brats20ID,Age,Survival_days,Extent_of_Resection"]
+    for folder, _, grade, _, index, _ in tasks:
+        old = phantom_id(grade, index)
+        older = [f"Brats17_{old}", f"Brats18_{old}", "NA", f"BraTS19_{old}"]
+        rows.append(",".join([grade, *(older if index % 2 == 0 else ["NA"] * 4), folder.name]))
+        if grade == "HGG":
+            survival.append(f"{folder.name},{50 + index}.0,{300 + 7 * index},GTR")
+    for name, lines in (("name_mapping.csv", rows), ("survival_info.csv", survival)):
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes("".join(line + "\r\n" for line in lines).encode())
 
 
 def write_phantom_dataset(
@@ -337,19 +400,26 @@ def write_phantom_dataset(
     seed: int = 0,
     shape: Sequence[int] = DEFAULT_SHAPE,
     workers: int = 1,
+    layout: str = "brats2019",
 ) -> Path:
-    """Write ``per_class`` HGG and LGG phantoms in the BraTS 2019 layout under ``out_dir``.
+    """Write ``per_class`` HGG and LGG phantoms in a BraTS layout under ``out_dir``.
 
-    Layout: ``<out_dir>/{HGG,LGG}/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` with an identity
-    (1 mm) affine. Subject ``i`` of a grade is the same whatever ``per_class`` or ``workers``.
+    ``"brats2019"``: ``<out_dir>/{HGG,LGG}/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``;
+    ``"brats2020"``: the release's layout (see the module docs), HGG subjects first. Identity
+    (1 mm) affine. Subject ``i`` of a grade is the same whatever the layout, ``per_class`` or
+    ``workers``.
     """
     if int(per_class) < 1:
         raise ConfigError(f"per_class must be >= 1, got {per_class}")
     if int(workers) < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     shape = _check_shape(shape)
     out_dir = Path(out_dir)
-    tasks = [(out_dir, g, int(seed), i, shape) for g in ("HGG", "LGG") for i in range(per_class)]
+    tasks = _tasks(out_dir, int(per_class), int(seed), shape, layout)
+    if layout == "brats2020":
+        _brats2020_tables(tasks, out_dir)
     if workers == 1:
         for task in tasks:
             _write_one(task)

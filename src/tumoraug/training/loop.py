@@ -59,7 +59,7 @@ Subclass `TrainingTask` (or write any object with the same methods)::
                                      <module>/model.safetensors (other modules)
                                      training_state.{json,safetensors}: step, optimizers,
                                      RNG of every rank, task state, the TrainConfig and the
-                                     task's configs
+                                     task's configs; run.json: the run record (resume check)
         metrics.jsonl                one JSON object per ``log_every`` steps
         samples/step_00000100.png    ``save_images`` every ``image_every`` steps
         <name>/                      final ``save_pretrained`` of each exported module
@@ -67,7 +67,10 @@ Subclass `TrainingTask` (or write any object with the same methods)::
   A checkpoint is written into a temporary folder that is renamed into place, so a crash
   never leaves a half checkpoint; the last ``keep_checkpoints`` are kept. With
   ``resume=True`` (default) the newest checkpoint is loaded and training continues from its
-  step; ``metrics.jsonl`` lines past that step are dropped.
+  step, provided the run record matches (configs, result-changing options, data and
+  tokenizer fingerprints; only ``steps`` may grow); ``metrics.jsonl`` lines past that step
+  are dropped. A non-finite loss stops the run at that step, before its optimizer step,
+  and weights holding NaN/Inf are never checkpointed.
 * Distributed: launch the script with ``torchrun --nproc-per-node N``; `fit` initialises the
   process group (NCCL on CUDA, gloo on CPU) from the environment unless it is already
   initialised. Only rank 0 writes files; logged metrics are averaged over ranks.
@@ -102,8 +105,11 @@ from tumoraug.errors import ConfigError
 from tumoraug.progress import progress_bar
 from tumoraug.training.checkpoints import (
     METRICS_NAME,
+    check_resume,
+    first_non_finite,
     latest_checkpoint,
     load_checkpoint,
+    run_record,
     save_checkpoint,
     truncate_metrics,
 )
@@ -253,6 +259,17 @@ def _gather_rng(world: int) -> list[dict[str, Any]]:
     return gathered
 
 
+def _diverged(output_dir: Path, step: int, what: str, train: TrainConfig) -> ConfigError:
+    """The error that stops a run at its first non-finite loss or weight."""
+    last = latest_checkpoint(output_dir)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+    return ConfigError(
+        f"{output_dir}: training stopped at step {step}: {what} is NaN or infinite; nothing of "
+        f"this step was saved and {kept}; lower the learning rate (lr={train.lr:g}, CLI: --lr) "
+        "or check the data for NaN, and train into a new folder"
+    )
+
+
 def fit(
     task: Any,
     dataset: Dataset,
@@ -263,11 +280,15 @@ def fit(
     shuffle: bool = True,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     progress: bool = True,
+    identity: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``task`` on ``dataset`` for ``train.steps`` optimizer steps; see the module doc.
 
-    ``resume`` continues the newest checkpoint in ``output_dir``; ``progress`` shows a bar
-    on stderr (rank 0).
+    ``resume`` continues the newest checkpoint in ``output_dir`` if its run record matches
+    (`tumoraug.training.checkpoints.check_resume`); ``identity`` adds fingerprints to the
+    record (the data, a stage-2 tokenizer). The run stops with a `ConfigError` naming the
+    step at the first non-finite loss, and never saves non-finite weights. ``progress``
+    shows a bar on stderr (rank 0).
     """
     if not isinstance(train, TrainConfig):
         raise ConfigError(f"fit: expected a TrainConfig, got {type(train).__name__}")
@@ -280,6 +301,7 @@ def fit(
         return _fit(
             task, dataset, output_dir, train, device, rank, world,
             resume=resume, shuffle=shuffle, collate_fn=collate_fn, progress=progress,
+            run=run_record(task, train, identity),
         )  # fmt: skip
     finally:
         if own_group:
@@ -299,8 +321,10 @@ def _fit(
     shuffle: bool,
     collate_fn: Callable[[list[Any]], Any] | None,
     progress: bool,
+    run: dict[str, Any],
 ) -> FitResult:
     seed, accum = train.seed, train.grad_accum_steps
+    latest = check_resume(output_dir, run, train, resume)
     raw: dict[str, nn.Module] = task.modules()
     for module in raw.values():
         module.to(device).train()
@@ -316,7 +340,6 @@ def _fit(
             group.setdefault("initial_lr", group["lr"])
 
     start, resumed_from = 0, None
-    latest = latest_checkpoint(output_dir) if resume else None
     if latest is not None:
         state = load_checkpoint(latest, raw, optimizers, task)
         start = resumed_from = int(state["step"])
@@ -392,6 +415,13 @@ def _fit(
                 }.items():
                     value = torch.as_tensor(value).detach().float().cpu()
                     current[key] = current.get(key, torch.zeros(())) + value / accum
+            bad = [k for k, v in current.items() if k.startswith("loss/") and not v.isfinite()]
+            if world > 1:  # every rank stops at the same step
+                flag = torch.tensor(float(bool(bad)), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                bad = bad or (["a loss on another rank"] if flag.item() else [])
+            if bad:
+                raise _diverged(output_dir, step + 1, ", ".join(bad), train)
             for name in stepped:
                 if train.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params_of[name], train.max_grad_norm)
@@ -437,10 +467,13 @@ def _fit(
 
             every = train.checkpoint_every
             if (every and step % every == 0) or step == train.steps:
+                broken = first_non_finite(raw)  # the same on every rank: weights are in sync
+                if broken is not None:
+                    raise _diverged(output_dir, step, f"weight {broken}", train)
                 rngs = _gather_rng(world)
                 if is_main:
                     checkpoint = save_checkpoint(
-                        output_dir, step, raw, optimizers, task, rngs, train
+                        output_dir, step, raw, optimizers, task, rngs, train, run
                     )
                 if world > 1:
                     dist.barrier()

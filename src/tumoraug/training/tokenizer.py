@@ -53,6 +53,7 @@ from tumoraug.models.discriminator import (
     hinge_d_loss,
 )
 from tumoraug.models.vqgan import VQGAN3D
+from tumoraug.training.checkpoints import data_fingerprint
 from tumoraug.training.config import TrainConfig
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
 from tumoraug.viz import save_montage
@@ -348,8 +349,9 @@ def train_tokenizer(
         class_counts=class_counts(data, config.num_classes),
     )  # fmt: skip
     return fit(
-        task, data, output_dir, train, resume=resume, collate_fn=collate_rois, progress=progress
-    )
+        task, data, output_dir, train, resume=resume, collate_fn=collate_rois, progress=progress,
+        identity={"data": data_fingerprint(data)},
+    )  # fmt: skip
 
 
 def run_tokenizer_training(

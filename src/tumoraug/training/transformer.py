@@ -29,11 +29,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from tumoraug.config import Config, TransformerConfig, check
+from tumoraug.data import subject_tensors
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.labels import GRADES
 from tumoraug.models.transformer import MaskedTransformer, PerClassTransformer, build_transformer
+from tumoraug.training.checkpoints import check_resume, data_fingerprint, run_record
 from tumoraug.training.config import TrainConfig
-from tumoraug.training.corpus import CORPUS_NAME, TokenCorpus, as_tokenizer, encode_corpus
+from tumoraug.training.corpus import (
+    CORPUS_NAME,
+    TokenCorpus,
+    as_dataset,
+    as_tokenizer,
+    encode_corpus,
+    tokenizer_fingerprint,
+)
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
 from tumoraug.training.masking import MASKING_MODES, corrupt
 
@@ -185,23 +194,57 @@ class TransformerTask(TrainingTask):
 
 
 def resolve_corpus(
-    source: Any, output_dir: Path, batch_size: int, device: str
-) -> tuple[TokenCorpus, Any]:
-    """Accept a corpus, a corpus file, or ``(tokenizer, data)``; return (corpus, tokenizer)."""
-    if isinstance(source, TokenCorpus):
-        return source, None
-    if isinstance(source, str | Path):
-        return TokenCorpus.load(source), None
+    source: Any, output_dir: Path, train: TrainConfig, tokenizer: Any = None, *, resume: bool
+) -> tuple[TokenCorpus, Any, dict[str, Any]]:
+    """Accept a corpus, a corpus file, or ``(tokenizer, data)``; return (corpus, tokenizer,
+    identity), ``identity`` being the data and tokenizer fingerprints of the run record.
+
+    Before anything is encoded or written it checks that the tokenizer fits the data (ROI
+    shape, or the corpus's codebook and grid) and that a resume in ``output_dir`` matches
+    the data, the tokenizer and ``train`` (`check_resume`), so that a refused run leaves the
+    folder as it was. ``tokenizer``: the one the model is saved with (default: the pair's).
+    """
+    tokenizer = as_tokenizer(tokenizer) if tokenizer is not None else None
     if isinstance(source, tuple | list) and len(source) == 2:
-        tokenizer = as_tokenizer(source[0])
-        corpus = encode_corpus(
-            tokenizer, source[1], output_dir / CORPUS_NAME, batch_size=batch_size, device=device
+        encoder, data = as_tokenizer(source[0]), as_dataset(source[1])
+        tokenizer, corpus = tokenizer or encoder, None
+        c = encoder.config
+        expected = (c.in_channels, c.roi_size, c.roi_size, c.roi_size)
+        shape = tuple(subject_tensors(data[0])[0].shape[1:]) if len(data) else expected
+        if shape != expected:
+            raise ConfigError(
+                f"{source[1]}: ROIs of shape {shape}, but the tokenizer {source[0]} encodes "
+                f"{expected} (in_channels, roi_size³); give the tokenizer trained on this data "
+                "(CLI: --tokenizer)"
+            )
+    elif isinstance(source, TokenCorpus | str | Path):
+        corpus = source if isinstance(source, TokenCorpus) else TokenCorpus.load(source)
+        data = corpus
+        if tokenizer is not None and (
+            tokenizer.config.codebook_size != corpus.codebook_size
+            or tuple(tokenizer.config.token_grid) != corpus.token_grid
+        ):
+            raise ConfigError(
+                f"train_transformer: the tokenizer (codebook_size "
+                f"{tokenizer.config.codebook_size}, token grid {tuple(tokenizer.config.token_grid)}"
+                f") does not match the corpus ({corpus.codebook_size}, {corpus.token_grid})"
+            )
+    else:
+        raise ConfigError(
+            "train_transformer: expected a TokenCorpus, a corpus file, or a (tokenizer, data) "
+            f"pair, got {type(source).__name__}"
         )
-        return corpus, tokenizer
-    raise ConfigError(
-        "train_transformer: expected a TokenCorpus, a corpus file, or a (tokenizer, data) "
-        f"pair, got {type(source).__name__}"
-    )
+    identity = {
+        "data": data_fingerprint(data),
+        "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
+    }
+    check_resume(output_dir, run_record(None, train, identity), train, resume, partial=True)
+    if corpus is None:
+        corpus = encode_corpus(
+            encoder, data, output_dir / CORPUS_NAME, batch_size=train.batch_size,
+            device=train.device,
+        )  # fmt: skip
+    return corpus, tokenizer, identity
 
 
 def train_transformer(
@@ -235,20 +278,16 @@ def train_transformer(
     recipe = recipe or TransformerRecipe()
     train = train or TrainConfig.preset("transformer")
     output_dir = Path(output_dir)
-    corpus, pair_tokenizer = resolve_corpus(data, output_dir, train.batch_size, train.device)
-    tokenizer = as_tokenizer(tokenizer) if tokenizer is not None else pair_tokenizer
-    if tokenizer is not None and tokenizer.config.codebook_size != corpus.codebook_size:
-        raise ConfigError(
-            f"train_transformer: tokenizer codebook_size {tokenizer.config.codebook_size} does "
-            f"not match the corpus ({corpus.codebook_size})"
-        )
+    corpus, tokenizer, identity = resolve_corpus(data, output_dir, train, tokenizer, resume=resume)
     config = config.replace(codebook_size=corpus.codebook_size, token_grid=corpus.token_grid)
     torch.manual_seed(train.seed)
     counts = [int((corpus.labels == c).sum()) for c in range(config.num_classes)]
     task = TransformerTask(
         build_transformer(config), recipe, lr=train.lr, tokenizer=tokenizer, class_counts=counts
     )
-    result = fit(task, corpus, output_dir, train, resume=resume, progress=progress)
+    result = fit(
+        task, corpus, output_dir, train, resume=resume, progress=progress, identity=identity
+    )
     if tokenizer is not None and int(os.environ.get("RANK", "0")) == 0:
         from tumoraug.checkpoint import atomic_write_text
         from tumoraug.export import model_card
