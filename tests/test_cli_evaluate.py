@@ -46,14 +46,38 @@ def test_cli_evaluate_with_a_generator_model(eval_cache, tiny_model_dir, tmp_pat
     args += ["--conditions", "real,mixed,pretrain", "--pretrain-epochs", "1", "--ratio", "0.5"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), *TINY_CLI])
     assert result.exit_code == 0, result.output
-    rows = [line.split(" | ")[0] for line in result.stdout.strip().splitlines()[2:]]
+    table, paired = result.stdout.split("\n\n")[:2]
+    rows = [line.split(" | ")[0] for line in table.splitlines()[2:]]
     assert rows == [
         "| Real only",
         "| Real + synthetic (ratio 0.5)",
         "| Pre-train synthetic, fine-tune real",
     ]
+    assert paired.startswith("Paired with real only")
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["n_synthetic"] == 4  # ratio 0.5 x 8 real ROIs, generated once
+    assert data["n_synthetic"] == 2  # ratio 0.5 x 4 real training ROIs, generated once
+    assert data["sources"]["guidance 1.5"]["model"] == str(tiny_model_dir)
+
+
+def test_cli_evaluate_sweeps_ratios_and_guidance_in_a_low_data_regime(
+    eval_cache, tiny_model_dir, tmp_path
+):
+    args = ["evaluate", "--data", str(eval_cache), "--model", str(tiny_model_dir), "--steps", "2"]
+    args += ["--conditions", "real,balance,synthetic_only", "--ratios", "0.5,1"]
+    args += ["--guidance-values", "1,3", "--train-size", "3", "--hgg-share", "0.67"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), *TINY_CLI])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["protocol"]["ratios"] == [0.5, 1.0] and data["protocol"]["train_size"] == 3
+    assert list(data["sources"]) == ["guidance 1", "guidance 3"]
+    assert len(data["arms"]) == 1 + 2 * (1 + 2) and len(data["comparisons"]) == 6
+    for run in data["runs"]:
+        assert run["real_counts"] == [1, 2]  # 2 HGG : 1 LGG, of a 2 + 2 training fold
+        assert len(run["test_indices"]) == 4  # the test fold is whole
+    assert "| balance × guidance 3 |" in result.stdout
+    assert "| synthetic_only × ratio 0.5 × guidance 1 |" in result.stdout
+    bad = CliRunner().invoke(app, [*args[:5], "--ratios", "1,x", "--out", str(tmp_path)])
+    assert bad.exit_code == 1 and "--ratios: expected comma-separated numbers" in bad.output
 
 
 def test_cli_evaluate_rejects_two_synthetic_sources(eval_cache, tiny_model_dir):

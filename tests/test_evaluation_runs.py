@@ -47,3 +47,43 @@ def test_compare_models_names_the_rows_and_records_the_sampling(
     assert [row["model"] for row in report.rows] == ["tiny-generator"] * 2
     assert json.loads(paths["json"].read_text())["settings"]["sampling"] == sampling.to_dict()
     assert paths["montage"].exists()
+
+
+def test_evaluate_cache_makes_one_source_per_guidance_and_records_it(
+    roi_cache, tiny_model_dir, tmp_path
+):
+    protocol = {**TINY.to_dict(), "conditions": ("real", "synthetic_only"), "ratios": (0.5, 1)}
+    result, paths = evaluate_cache(
+        roi_cache, tmp_path, protocol=protocol, model=tiny_model_dir, width=4, seed=3,
+        sampling=SamplingConfig(steps=2), guidance_values=[1.0, 3.0],
+        conditions=("real", "synthetic_only"),
+    )  # fmt: skip
+    data = json.loads(paths["json"].read_text())
+    assert list(data["sources"]) == ["guidance 1", "guidance 3"]
+    for name, guidance in (("guidance 1", 1.0), ("guidance 3", 3.0)):
+        source = data["sources"][name]
+        assert source["kind"] == "model" and source["model"] == str(tiny_model_dir)
+        assert source["sampling"] == SamplingConfig(steps=2, guidance_scale=guidance).to_dict()
+        assert source["count"] == source["n"] == 3  # the largest arm: 1 x 3 training ROIs
+        assert source["seed"] == 3
+    assert [a["name"] for a in data["arms"]] == [
+        "real",
+        "synthetic_only × ratio 0.5 × guidance 1",
+        "synthetic_only × ratio 1 × guidance 1",
+        "synthetic_only × ratio 0.5 × guidance 3",
+        "synthetic_only × ratio 1 × guidance 3",
+    ]
+    assert len(result.comparisons()) == 4
+    text = paths["markdown"].read_text()
+    assert f"Synthetic source guidance 3: model {tiny_model_dir}, 3 ROIs generated once" in text
+
+
+def test_evaluate_cache_guidance_values_need_a_model(roi_cache, tmp_path):
+    import pytest
+
+    from tumoraug.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="guidance_values need a model"):
+        evaluate_cache(
+            roi_cache, tmp_path, protocol=TINY, synthetic=roi_cache, guidance_values=[1.0, 2.0]
+        )

@@ -208,3 +208,18 @@ def test_classification_metrics_zero_division_and_bad_labels():
         classification_metrics([0, 2], [0.1, 0.9])
     with pytest.raises(ValueError, match="differ in length"):
         classification_metrics([0, 1], [0.1])
+
+
+def test_intensity_statistics_read_brain_hyperintensity_and_core():
+    from tumoraug.metrics import intensity_statistics, relative_differences
+
+    volume = torch.full((1, 4, 4, 4), -1.0)  # background
+    volume[0, :2] = 0.0  # 32 brain voxels at mid intensity
+    volume[0, :2, :2, :2] = 0.8  # 8 of them bright: hyperintense and core
+    stats = intensity_statistics(volume[None])
+    assert stats["hyperintense_share"] == pytest.approx(8 / 32)
+    assert stats["core_share"] == pytest.approx(8 / 64)
+    assert stats["mean_intensity"] == pytest.approx((24 * 0.5 + 8 * 0.9) / 32)
+    darker = intensity_statistics((volume[None] - 0.2).clamp(-1, 1))
+    diff = relative_differences(darker, stats)
+    assert diff["mean_intensity"] < 0 and diff["hyperintense_share"] == pytest.approx(0.0)

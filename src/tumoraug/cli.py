@@ -59,16 +59,15 @@ def preprocess(
     modalities: str = o.opt("--modalities", "Channels, e.g. flair,t1ce.", "flair"),
     workers: int = o.opt("--workers", "Parallel processes.", 1),
     strict: bool = o.opt("--strict", "Stop at the first bad subject.", False),
-    labels_csv: str | None = o.opt(
-        "--labels-csv", "CSV of subject,grade (flat layouts; found if omitted)."
-    ),
+    labels_csv: str | None = o.opt("--labels-csv", "CSV of subject,grade (found if omitted)."),
+    overwrite: bool = o.opt("--overwrite", "Replace a cache built from another source.", False),
 ) -> None:
     """Crop tumor-centred ROIs into a cache folder (skips subjects that did not change)."""
     from tumoraug.data.cache import preprocess as run_preprocess
 
     report = run_preprocess(
         brats_dir, out_dir, size=size, modalities=modalities, workers=workers, strict=strict,
-        labels_csv=labels_csv, progress=True,
+        labels_csv=labels_csv, overwrite=overwrite, progress=True,
     )  # fmt: skip
     for kind, subject, message in report.problems():
         style = "bold red" if kind == "failed" else "yellow"
@@ -115,11 +114,14 @@ def evaluate(
     model: str | None = o.opt("--model|-m", "Model folder or Hub id making synthetic ROIs."),
     bank: str | None = o.opt("--bank", "Synthetic bank instead of a model."),
     synthetic: str | None = o.opt("--synthetic", "ROI cache of synthetic ROIs instead."),
-    conditions: str | None = o.opt("--conditions", "Among real,mixed,pretrain (default: all)."),
+    conditions: str | None = o.CONDITIONS,
     folds: int | None = o.opt("--folds", "Cross-validation folds (stratified by grade)."),
     run_folds: int | None = o.opt("--run-folds", "Run only the first N folds."),
+    repeats: int | None = o.REPEATS,
     seeds: str | None = o.opt("--seeds", "Comma-separated training seeds."),
-    ratio: float | None = o.opt("--ratio", "Synthetic ROIs per real training ROI."),
+    ratios: str | None = o.RATIOS,
+    train_size: int | None = o.TRAIN_SIZE,
+    hgg_share: float | None = o.HGG_SHARE,
     class_ratio: float = o.opt("--class-ratio", "HGG fraction of generated ROIs.", 0.5),
     epochs: int | None = o.opt("--epochs", "Epochs on real data (and on the mix)."),
     pretrain_epochs: int | None = o.opt("--pretrain-epochs", "Epochs of pre-training."),
@@ -127,23 +129,23 @@ def evaluate(
     lr: float | None = o.opt("--lr", "AdamW learning rate."),
     width: int | None = o.opt("--width", "Channels of the classifier's first stage."),
     steps: int | None = o.STEPS,
-    guidance: float | None = o.GUIDANCE,
+    guidance: str | None = o.GUIDANCES,
     device: str = o.DEVICE,
     out: str = o.OUT,
 ) -> None:
     """Cross-validate an LGG/HGG classifier on real ROIs with and without synthetic ones."""
-    from tumoraug.evaluation import ProtocolConfig, evaluate_cache
+    from tumoraug.evaluation import evaluate_cache
 
-    protocol = ProtocolConfig(**o.given(
-        folds=folds, run_folds=run_folds, ratio=ratio, epochs=epochs, device=device,
-        pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr,
-        seeds=seeds and o.int_list(seeds, "--seeds"),
-    ))  # fmt: skip
     result, paths = evaluate_cache(
-        data, out, protocol=protocol, model=model, bank=bank, synthetic=synthetic,
-        conditions=conditions and tuple(c.strip() for c in conditions.split(",") if c.strip()),
-        class_ratio=class_ratio, width=width, sampling=o.sampling_config(steps, guidance, None),
-        progress=True,
+        data, out, model=model, bank=bank, synthetic=synthetic, conditions=o.word_list(conditions),
+        protocol=o.given(
+            folds=folds, run_folds=run_folds, repeats=repeats, epochs=epochs, device=device, lr=lr,
+            pretrain_epochs=pretrain_epochs, batch_size=batch_size, train_size=train_size,
+            hgg_share=hgg_share, ratios=o.float_list(ratios, "--ratios"),
+            seeds=seeds and o.int_list(seeds, "--seeds"),
+        ),
+        class_ratio=class_ratio, width=width, sampling=o.sampling_config(steps, None, None),
+        guidance_values=o.float_list(guidance, "--guidance-values"), progress=True,
     )  # fmt: skip
     typer.echo(result.to_markdown(), nl=False)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.0f} s)")

@@ -78,3 +78,28 @@ def friendly_errors(func: F) -> F:
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def float_list(text: str | None, option: str) -> tuple[float, ...] | None:
+    """Parse comma-separated numbers (None stays None), or fail naming the option."""
+    from tumoraug.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+def word_list(text: str | None) -> tuple[str, ...] | None:
+    """Comma-separated words, stripped (None stays None)."""
+    return None if text is None else tuple(w.strip() for w in text.split(",") if w.strip())
+
+
+CONDITIONS = opt("--conditions", "real,mixed,pretrain,balance,synthetic_only (default: 3 first).")
+RATIOS = opt("--ratios|--ratio", "Synthetic ROIs per real training ROI; a sweep: 1,5,20.")
+GUIDANCES = opt("--guidance-values|--guidance", "Guidance scales, a source each: 1,1.5,3.")
+TRAIN_SIZE = opt("--train-size", "Real training ROIs per run, subsampled from each fold.")
+HGG_SHARE = opt("--hgg-share", "HGG share of the training subsample (0.75 = 3:1).")
+REPEATS = opt("--repeats", "Repeat the k-fold split with new split seeds.")

@@ -11,6 +11,9 @@ Three families, all written with torch / numpy only (no scikit-learn at run time
   function such as a trained classifier's embedding). Reported raw and ×10⁴.
 * **Classification** (`roc_auc`, `roc_curve`, `classification_metrics`): rank-based AUC
   with ties, F1, accuracy, precision and recall of binary predictions (1 = HGG).
+* **Intensity statistics** (`intensity_statistics`): segmentation-free numbers a grade's
+  ROIs should share with the real ones (mean brain intensity, hyperintense share, size of
+  the bright tumour core), compared as relative differences.
 
 The definitions, and where they depart from the reference code, are in docs/evaluation.md.
 """
@@ -34,6 +37,11 @@ MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MMD_SCALE = 1e4
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+#: Thresholds of `intensity_statistics` on the [-1, 1] scale: brain (background is -1),
+#: hyperintense (FLAIR edema and tumour) and the bright tumour core.
+BRAIN_THRESHOLD, HYPERINTENSE_THRESHOLD, CORE_THRESHOLD = -0.99, 0.25, 0.5
 
 
 # ----------------------------------------------------------------------------- MS-SSIM
@@ -408,3 +416,33 @@ def classification_metrics(
         "precision": precision,
         "recall": recall,
     }
+
+
+# ----------------------------------------------------------------------------- intensities
+
+
+def intensity_statistics(volumes: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, float]:
+    """Mean over a set of ROIs of three per-ROI numbers that need no segmentation.
+
+    ``mean_intensity``: mean brain intensity (voxels above `BRAIN_THRESHOLD`) on a 0..1
+    scale (``(x + 1) / 2``, so that it is positive and a relative difference is defined);
+    ``hyperintense_share``: share of brain voxels above `HYPERINTENSE_THRESHOLD`;
+    ``core_share``: share of all ROI voxels above `CORE_THRESHOLD` (the size of the bright
+    tumour core). Synthetic ROIs come without a segmentation, so all three read the image.
+    """
+    x = _as_batch(volumes, "volumes").flatten(1)
+    brain = x > BRAIN_THRESHOLD
+    voxels = brain.sum(1).clamp_min(1)
+    mean = (((x + 1) / 2) * brain).sum(1) / voxels
+    hyper = ((x > HYPERINTENSE_THRESHOLD) & brain).sum(1) / voxels
+    core = (x > CORE_THRESHOLD).float().mean(1)
+    return {
+        "mean_intensity": float(mean.mean()),
+        "hyperintense_share": float(hyper.float().mean()),
+        "core_share": float(core.mean()),
+    }
+
+
+def relative_differences(generated: dict[str, float], real: dict[str, float]) -> dict[str, float]:
+    """``(generated - real) / real`` per statistic (NaN where the real value is 0)."""
+    return {k: (generated[k] - v) / v if v else math.nan for k, v in real.items()}

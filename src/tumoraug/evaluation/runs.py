@@ -6,14 +6,21 @@ script gets exactly the command's behaviour from one function call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tumoraug.data import ROIDataset
 from tumoraug.evaluation.classifier import ClassifierConfig, item_tensors
-from tumoraug.evaluation.protocol import CONDITIONS, ProtocolConfig, ProtocolResult, run_protocol
+from tumoraug.evaluation.protocol import (
+    CONDITIONS,
+    ProtocolConfig,
+    ProtocolResult,
+    run_protocol,
+    synthetic_demand,
+)
 from tumoraug.evaluation.samples import SampleReport, evaluate_samples
-from tumoraug.evaluation.sources import synthetic_source
+from tumoraug.evaluation.sources import check_one_source, synthetic_sources
 from tumoraug.sampling import SamplingConfig
 
 
@@ -21,7 +28,7 @@ def evaluate_cache(
     data: str | Path,
     out: str | Path,
     *,
-    protocol: ProtocolConfig | None = None,
+    protocol: ProtocolConfig | Mapping[str, Any] | None = None,
     model: str | Path | None = None,
     bank: str | Path | None = None,
     synthetic: str | Path | None = None,
@@ -30,37 +37,53 @@ def evaluate_cache(
     seed: int = 0,
     width: int | None = None,
     sampling: SamplingConfig | None = None,
+    guidance_values: Sequence[float] | None = None,
     progress: bool = False,
 ) -> tuple[ProtocolResult, dict[str, Path]]:
     """Run the downstream protocol on the ROI cache ``data``; write its reports into ``out``.
 
-    The synthetic data comes from at most one of ``model``, ``bank`` or ``synthetic`` (a ROI
-    cache), see `synthetic_source`; a model generates ``protocol.ratio`` × the number of
-    real ROIs once. ``conditions`` default to all of them with a synthetic source, else
-    ``("real",)``. ``width`` overrides the classifier's ``base_width``.
+    ``protocol``: a `ProtocolConfig`, or a dict of its fields (the rest keep their
+    defaults). The synthetic data comes from at most one of ``model``, ``bank`` or
+    ``synthetic`` (a ROI cache), see `synthetic_sources`: a model generates, once per value
+    of ``guidance_values`` (default: the guidance of ``sampling``), as many ROIs as the
+    largest arm draws in one run (`synthetic_demand`), a fraction ``class_ratio`` of them
+    HGG, all with ``seed``. ``conditions`` default to ``real``, ``mixed`` and ``pretrain``
+    with a synthetic source, else ``("real",)``. ``width`` overrides the classifier's
+    ``base_width``. The generator must not have seen any subject of ``data``.
     Returns the result and the paths of ``results.md``, ``results.json`` and ``roc.png``.
     """
-    protocol = protocol or ProtocolConfig()
+    if not isinstance(protocol, ProtocolConfig):
+        protocol = ProtocolConfig(**dict(protocol or {}))
+    check_one_source(model, bank, synthetic)
     real = ROIDataset(data)
-    source = synthetic_source(
-        model=model,
+    if conditions is None:
+        conditions = CONDITIONS if (model or bank or synthetic) else ("real",)
+    protocol = protocol.replace(conditions=tuple(conditions))
+    count = synthetic_demand(real.labels, protocol, class_ratio) if model else 0
+    sources, provenance = synthetic_sources(
+        model=model if protocol.needs_synthetic else None,
         bank=bank,
         roi_dir=synthetic,
-        count=max(1, round(protocol.ratio * len(real))),
+        count=count,
         class_ratio=class_ratio,
         seed=seed,
         sampling=sampling,
+        guidance_values=guidance_values,
         device=protocol.device,
         progress=progress,
     )
-    if conditions is None:
-        conditions = ("real",) if source is None else CONDITIONS
-    protocol = protocol.replace(conditions=tuple(conditions))
     channels = item_tensors(real[0])[0].shape[0]
     classifier = ClassifierConfig(
         in_channels=channels, **({} if width is None else {"base_width": width})
     )
-    result = run_protocol(real, source, config=protocol, classifier=classifier, progress=progress)
+    result = run_protocol(
+        real,
+        sources,
+        config=protocol,
+        classifier=classifier,
+        provenance=provenance,
+        progress=progress,
+    )
     return result, result.save(out)
 
 

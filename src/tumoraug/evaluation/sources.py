@@ -2,11 +2,15 @@
 
 The protocol reads its synthetic items once per epoch and run; `materialize` reads a
 dataset once into memory so that a generator-backed dataset generates each ROI only once.
+`synthetic_sources` makes one source per guidance scale of a model (or reads a bank or a
+folder) and describes each (model id or bank, count, seed, sampling) for the report.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -32,6 +36,13 @@ def materialize(dataset: Dataset, *, progress: bool = False) -> list[tuple[torch
     return items
 
 
+def check_one_source(model: Any, bank: Any, roi_dir: Any) -> None:
+    """Raise `ConfigError` when more than one of the three synthetic sources is given."""
+    given = [name for name, v in (("model", model), ("bank", bank), ("roi_dir", roi_dir)) if v]
+    if len(given) > 1:
+        raise ConfigError(f"give one synthetic source, got {' and '.join(given)}")
+
+
 def synthetic_source(
     *,
     model: str | Path | None = None,
@@ -52,9 +63,7 @@ def synthetic_source(
     written earlier, read as it is. ``roi_dir``: a ROI cache folder (`ROIDataset` layout)
     holding synthetic ROIs made by any other means.
     """
-    given = [name for name, v in (("model", model), ("bank", bank), ("roi_dir", roi_dir)) if v]
-    if len(given) > 1:
-        raise ConfigError(f"give one synthetic source, got {' and '.join(given)}")
+    check_one_source(model, bank, roi_dir)
     if model and count < 1:
         raise ConfigError(f"count: expected the number of ROIs to generate (>= 1), got {count}")
     if model:
@@ -76,3 +85,66 @@ def synthetic_source(
     if roi_dir:
         return ROIDataset(roi_dir)
     return None
+
+
+def synthetic_sources(
+    *,
+    model: str | Path | None = None,
+    bank: str | Path | None = None,
+    roi_dir: str | Path | None = None,
+    count: int = 0,
+    class_ratio: float = 0.5,
+    seed: int = 0,
+    sampling: SamplingConfig | None = None,
+    guidance_values: Sequence[float] | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]]]:
+    """The protocol's synthetic sources by name, and the description of each.
+
+    With a ``model``: one source per value of ``guidance_values`` (default: the guidance of
+    ``sampling``), named ``"guidance <g>"``, each ``count`` ROIs generated once with the same
+    ``seed`` and labels through ``sampling.replace(guidance_scale=g)``. A ``bank`` or a
+    ``roi_dir`` is one source, read as it is (its guidance, if any, was fixed when it was
+    made: ``guidance_values`` is an error there). No source: two empty dicts.
+    """
+    check_one_source(model, bank, roi_dir)
+    if guidance_values is not None and len(guidance_values) == 0:
+        raise ConfigError("guidance_values: expected at least one guidance scale, got none")
+    if guidance_values and (bank or roi_dir):
+        raise ConfigError(
+            "guidance_values need a model to generate with; a bank or ROI folder was made "
+            "with its own guidance (build one bank per guidance scale instead)"
+        )
+    datasets: dict[str, Dataset] = {}
+    info: dict[str, dict[str, Any]] = {}
+    if model:
+        sampling = sampling or SamplingConfig()
+        for guidance in guidance_values or (sampling.guidance_scale,):
+            settings = sampling.replace(guidance_scale=float(guidance))
+            name = f"guidance {float(guidance):g}"
+            datasets[name] = synthetic_source(  # type: ignore[assignment]
+                model=model, count=count, class_ratio=class_ratio, seed=seed,
+                sampling=settings, device=device, progress=progress,
+            )  # fmt: skip
+            info[name] = {
+                "kind": "model", "model": str(model), "count": count, "class_ratio": class_ratio,
+                "seed": seed, "sampling": settings.to_dict(), "guidance": float(guidance),
+            }  # fmt: skip
+    elif bank:
+        from tumoraug.augment import SyntheticBank
+
+        opened = SyntheticBank.open(bank)
+        name = f"bank {Path(bank).name}"
+        datasets[name] = synthetic_source(bank=bank)  # type: ignore[assignment]
+        info[name] = {
+            "kind": "bank", "bank": str(bank), "model": opened.model_id, "count": len(opened),
+            "seed": opened.seed, "settings": opened.settings,
+            "guidance": opened.settings.get("guidance_scale"),
+        }  # fmt: skip
+    elif roi_dir:
+        name = f"ROI folder {Path(roi_dir).name}"
+        folder = ROIDataset(roi_dir)
+        datasets[name] = folder
+        info[name] = {"kind": "roi_dir", "path": str(roi_dir), "count": len(folder)}
+    return datasets, info
