@@ -60,6 +60,11 @@ def test_sample_report_compares_models_with_real_rois(tiny_model_dir, tmp_path):
     copy_row = by_model[("copy", "HGG")]
     assert copy_row["ms_ssim_generated"] == pytest.approx(copy_row["ms_ssim_real"])
     assert by_model[("tiny", "HGG")]["mmd"] > 0
+    # ... and intensity statistics equal to the real ones: within the 15 % tolerance.
+    assert copy_row["stats_relative_difference"] == {
+        "mean_intensity": 0.0, "hyperintense_share": 0.0, "core_share": 0.0,
+    }  # fmt: skip
+    assert copy_row["stats_within_tolerance"]
     assert by_model[("tiny", "HGG")]["mmd_1e4"] == pytest.approx(
         by_model[("tiny", "HGG")]["mmd"] * 1e4
     )

@@ -8,14 +8,14 @@
 * `result`: the protocol's result, its tables and files;
 * `samples`: fidelity (MMD) and diversity (MS-SSIM) per model and grade (`evaluate_samples`);
 * `sources`: the protocol's synthetic data from a model (per guidance), a bank or a folder;
-* `plots` and `report`: the ROC figure and the Markdown + JSON files of both reports;
+* `plots` and `report`: line plots (ROC, training curves) and the Markdown + JSON files;
 * `runs`: both evaluations end to end on folders (what the CLI calls).
 """
 
 from tumoraug.evaluation.arms import ALL_CONDITIONS, CONDITIONS, Arm, build_arms
 from tumoraug.evaluation.classifier import ClassifierConfig, ResNet3D, predict, train_classifier
 from tumoraug.evaluation.paired import compare_arms, paired_comparison, wilcoxon_p
-from tumoraug.evaluation.plots import save_roc_png
+from tumoraug.evaluation.plots import save_line_plot, save_roc_png
 from tumoraug.evaluation.protocol import (
     ProtocolConfig,
     run_protocol,
@@ -48,6 +48,7 @@ __all__ = [
     "plan_trials",
     "predict",
     "run_protocol",
+    "save_line_plot",
     "save_roc_png",
     "stratified_folds",
     "subsample_training",

@@ -1,9 +1,12 @@
-"""Sample quality per model and grade: fidelity (MMD to real ROIs) and diversity (MS-SSIM).
+"""Sample quality per model and grade: fidelity (MMD to real ROIs), diversity (MS-SSIM) and
+the intensity statistics a grade's ROIs should share with the real ones.
 
 The definitions follow Kwon et al. 2019 as the papers use them (see `tumoraug.metrics`):
 per grade, a Gaussian-kernel MMD (median heuristic, biased estimator) between all real
 ROIs of that grade and the generated ones, and the mean pairwise MS-SSIM of the generated
-set next to that of the real set, which is the reference.
+set next to that of the real set, which is the reference. `intensity_statistics` (mean
+brain intensity, hyperintense share, bright-core share) are compared as relative
+differences; a row is within tolerance when all three are within ``STATS_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from tumoraug.errors import DataError
 from tumoraug.evaluation.report import write_tables
 from tumoraug.evaluation.sources import materialize
 from tumoraug.labels import GRADES
-from tumoraug.metrics import mmd, ms_ssim_diversity
+from tumoraug.metrics import intensity_statistics, mmd, ms_ssim_diversity, relative_differences
 from tumoraug.sampling import SamplingConfig
 from tumoraug.viz import save_montage
 
 # Per-grade seed offset: the generated ROIs of LGG and HGG use disjoint seed streams.
 GRADE_SEED_STRIDE = 7919
+#: Largest relative difference of an intensity statistic from the real set that passes.
+STATS_TOLERANCE = 0.15
 
 
 @dataclasses.dataclass
@@ -39,14 +44,18 @@ class SampleReport:
     def to_markdown(self) -> str:
         """One row per model and grade; the real set's own MS-SSIM is the reference."""
         lines = [
-            "| Model | Grade | n real / gen | MMD ×10⁴ | MS-SSIM generated | MS-SSIM real |",
-            "|---|---|---|---|---|---|",
+            "| Model | Grade | n real / gen | MMD ×10⁴ | MS-SSIM generated | MS-SSIM real "
+            "| Δ mean int. | Δ hyperint. | Δ core | within 15 % |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in self.rows:
+            diff = row["stats_relative_difference"]
             lines.append(
                 f"| {row['model']} | {row['grade']} | {row['n_real']} / {row['n_generated']} | "
                 f"{row['mmd_1e4']:.2f} | {row['ms_ssim_generated']:.4f} | "
-                f"{row['ms_ssim_real']:.4f} |"
+                f"{row['ms_ssim_real']:.4f} | {diff['mean_intensity']:+.1%} | "
+                f"{diff['hyperintense_share']:+.1%} | {diff['core_share']:+.1%} | "
+                f"{'yes' if row['stats_within_tolerance'] else 'no'} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -100,6 +109,7 @@ def evaluate_samples(
             )
         real_volumes = torch.stack(same_grade)
         real_diversity = ms_ssim_diversity(real_volumes, max_pairs=max_pairs, seed=seed)
+        real_stats = intensity_statistics(real_volumes)
         montage += [(f"real {grade}", v) for v in real_volumes[:montage_per_class]]
         for name, model in models.items():
             generated = model.generate(
@@ -111,6 +121,8 @@ def evaluate_samples(
                     f"the real ROIs are {shape}"
                 )
             distance = mmd(real_volumes, generated, feature_size=feature_size)
+            stats = intensity_statistics(generated)
+            diff = relative_differences(stats, real_stats)
             rows.append(
                 {
                     "model": name,
@@ -124,6 +136,10 @@ def evaluate_samples(
                         generated, max_pairs=max_pairs, seed=seed
                     ),
                     "ms_ssim_real": real_diversity,
+                    "stats_generated": stats,
+                    "stats_real": real_stats,
+                    "stats_relative_difference": diff,
+                    "stats_within_tolerance": all(abs(v) <= STATS_TOLERANCE for v in diff.values()),
                 }
             )
             montage += [(f"{name[:6]} {grade}", v) for v in generated[:montage_per_class]]
