@@ -93,6 +93,23 @@ def test_written_files_get_the_mode_of_a_plain_open_not_0600(umask, tmp_path, ph
     }
 
 
+def test_generated_folders_and_banks_get_the_mode_of_a_plain_open_not_0600(
+    umask, tiny_model_dir, tmp_path
+):
+    args = ["generate", "--model", str(tiny_model_dir), "--label", "HGG", "--n", "2", "--steps",
+            "2", "--device", "cpu", "--out", str(tmp_path / "out"), "--bank",
+            str(tmp_path / "bank.npy")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["bank.json", "bank.npy", "out/0000_HGG.nii.gz", "out/0001_HGG.nii.gz",
+                       "out/manifest.json", "out/preview.png"]  # fmt: skip
+    assert {name: mode(tmp_path / name) for name in written} == dict.fromkeys(
+        written, 0o666 & ~umask
+    )
+    assert mode(tmp_path / "out") == 0o777 & ~umask
+
+
 # ---- non-finite weights ----------------------------------------------------------------------
 
 

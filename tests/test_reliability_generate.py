@@ -87,7 +87,7 @@ def test_generate_guidance_or_temperature_nan_inf_is_one_clean_line(
     tiny_model_dir, tmp_path, option, value, field
 ):
     result = generate(tiny_model_dir, tmp_path / "out", option, value)
-    failed_cleanly(result, f"SamplingConfig.{field}", "finite number")
+    failed_cleanly(result, f"SamplingConfig.{field}", "finite number", f"(CLI: {option})")
     assert not (tmp_path / "out").exists()
 
 
@@ -217,6 +217,18 @@ def test_a_run_killed_with_kill_9_is_completed_by_the_same_command(
     assert tree(out) == tree(done)  # bit for bit what an uninterrupted run writes
 
 
+def test_overwrite_on_a_folder_left_by_kill_9_leaves_no_temporary_and_no_lock(
+    tiny_model_dir, killed, tmp_path
+):
+    out = copy(killed, tmp_path / "out")
+    result = generate(tiny_model_dir, out, "--n", "1", "--seed", "3", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["0000_HGG.nii.gz", "manifest.json",
+                                                     "preview.png"]  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["settings"]["seed"] == 3
+
+
 def test_an_interrupted_folder_rerun_with_other_settings_says_what_to_do(
     tiny_model_dir, killed, tmp_path
 ):
@@ -292,8 +304,8 @@ def test_a_file_edited_after_a_complete_run_is_not_replaced_silently(
 @pytest.mark.parametrize(
     ("args", "phrases"),
     [
-        (["--steps", "0"], ["SamplingConfig.steps", "an int >= 1, got 0"]),
-        (["--temperature", "-1"], ["SamplingConfig.temperature", ">= 0, got -1.0"]),
+        (["--steps", "0"], ["SamplingConfig.steps", "an int >= 1, got 0 (CLI: --steps)"]),
+        (["--temperature", "-1"], ["SamplingConfig.temperature", "got -1.0 (CLI: --temperature)"]),
         (["--batch-size", "0"], ["batch_size (CLI: --batch-size)", ">= 1, got 0"]),
         (["--n", "0"], ["n (CLI: --n)", ">= 1, got 0"]),
     ],

@@ -229,6 +229,23 @@ def test_resume_with_another_tokenizer_is_refused_before_re_encoding(
     assert tree(out) == before
 
 
+def test_resume_from_a_training_state_with_altered_tensors_is_refused(
+    roi_cache, tokenizer_run, tmp_path
+):
+    out = copy(tokenizer_run, tmp_path / "run")
+    state = latest_checkpoint(out) / "training_state.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-3] ^= 0x01  # one bit of one tensor: still a valid safetensors file
+    state.write_bytes(bytes(data))
+    before = tree(out)
+    result = train_tokenizer(roi_cache, out, "--steps", "3")
+    failed_cleanly(
+        result, f"{state}: SHA-256 does not match", "training_state.json",
+        "delete step_00000002 to resume from an earlier checkpoint", "--no-resume",
+    )  # fmt: skip
+    assert tree(out) == before
+
+
 def test_a_checkpoint_without_a_run_record_is_not_resumed_blindly(
     roi_cache, tokenizer_run, tmp_path
 ):

@@ -470,7 +470,8 @@ def load_state(directory: str | Path, name: str = "training_state") -> dict[str,
     if sha256_file(tensor_path) != meta.get("tensors_sha256"):
         raise CheckpointError(
             f"{tensor_path}: SHA-256 does not match the one recorded in {json_path.name}; "
-            "the training state is truncated, altered or from another checkpoint"
+            "the training state is truncated, altered or from another checkpoint; delete "
+            f"{directory.name} to resume from an earlier checkpoint, or start afresh (--no-resume)"
         )
     try:
         return _unflatten(meta["state"], load_file(str(tensor_path)))

@@ -30,10 +30,17 @@ def given(**options: Any) -> dict[str, Any]:
 
 
 def sampling_config(steps: int | None, guidance: float | None, temperature: float | None) -> Any:
-    """A `SamplingConfig` from the sampling options that were given."""
+    """A `SamplingConfig` from the sampling options that were given; errors name the option."""
+    from tumoraug.errors import ConfigError
     from tumoraug.sampling import SamplingConfig
 
-    return SamplingConfig(**given(steps=steps, guidance_scale=guidance, temperature=temperature))
+    flags = {"steps": "--steps", "guidance_scale": "--guidance", "temperature": "--temperature"}
+    options = given(steps=steps, guidance_scale=guidance, temperature=temperature)
+    try:
+        return SamplingConfig(**options)
+    except ConfigError as exc:
+        field = str(exc).partition(":")[0].removeprefix("SamplingConfig.")
+        raise ConfigError(f"{exc} (CLI: {flags[field]})" if field in flags else str(exc)) from None
 
 
 def int_list(text: str, option: str) -> tuple[int, ...]:
