@@ -5,7 +5,6 @@ and the files on disk unchanged, or the documented recovery."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cli_checks import failed_cleanly, tree
 from tumoraug import SamplingConfig
 from tumoraug.checkpoint import LOCK_NAME, atomic_write_json
 from tumoraug.cli import app
@@ -35,26 +35,6 @@ def generate(model: Path, out: Path, *args: str):
     return runner.invoke(
         app, ["generate", "--model", str(model), "--label", "HGG", "--out", str(out), *FAST, *args]
     )
-
-
-def failed_cleanly(result, *phrases: str) -> None:
-    """Exit code 1 through SystemExit, one error line (the last) naming ``phrases``, no
-    traceback; a progress bar may come before it."""
-    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.output
-    for phrase in phrases:
-        assert phrase in result.output, (phrase, result.output)
-
-
-def tree(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` (hidden ones included), by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

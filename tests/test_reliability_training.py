@@ -5,7 +5,6 @@ disk unchanged (or the documented outcome: the last good checkpoint kept)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -15,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cli_checks import failed_cleanly, tree
 from tumoraug.checkpoint import load_weights
 from tumoraug.cli import app
 from tumoraug.config import TokenizerConfig
@@ -38,25 +38,6 @@ def train_transformer(cache: Path, tokenizer: Path, out: Path, *args: str):
         app, ["train-transformer", "--data", str(cache), "--tokenizer", str(tokenizer),
               "--out", str(out), *TINY, *args],
     )  # fmt: skip
-
-
-def failed_cleanly(result, *phrases: str) -> None:
-    """Exit code 1 through SystemExit, one error line (the last) naming ``phrases``, no
-    traceback; a progress bar may come before it."""
-    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.output
-    for phrase in phrases:
-        assert phrase in result.output, (phrase, result.output)
-
-
-def tree(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def all_finite(checkpoint: Path, module: str) -> bool:
