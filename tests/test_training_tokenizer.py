@@ -116,11 +116,13 @@ def test_importance_classifier_learns_the_grade_on_tiny_phantoms(roi_cache, tmp_
 
 
 def test_grade_weights_balance_a_minority_grade():
-    from tumoraug.training.tokenizer import grade_weights
+    from tumoraug.training.grades import grade_weights
 
-    weights = grade_weights([10, 30], 2, recipe())
+    weights = grade_weights([10, 30], 2, recipe().balance_classes)
     assert torch.allclose(weights, torch.tensor([2.0, 2 / 3]))
-    assert torch.equal(grade_weights([10, 30], 2, recipe(balance_classes=False)), torch.ones(2))
+    assert torch.equal(
+        grade_weights([10, 30], 2, recipe(balance_classes=False).balance_classes), torch.ones(2)
+    )
 
 
 def test_perceptual_weight_needs_a_network_and_roi_size_must_match(tmp_path):

@@ -141,11 +141,11 @@ def evaluate(
         protocol=o.given(
             folds=folds, run_folds=run_folds, repeats=repeats, epochs=epochs, device=device, lr=lr,
             pretrain_epochs=pretrain_epochs, batch_size=batch_size, train_size=train_size,
-            hgg_share=hgg_share, ratios=o.float_list(ratios, "--ratios"),
-            seeds=seeds and o.int_list(seeds, "--seeds"),
+            hgg_share=hgg_share, ratios=o.number_list(ratios, "--ratios"),
+            seeds=o.number_list(seeds, "--seeds", int),
         ),
         class_ratio=class_ratio, width=width, sampling=o.sampling_config(steps, None, None),
-        guidance_values=o.float_list(guidance, "--guidance-values"), progress=True,
+        guidance_values=o.number_list(guidance, "--guidance-values"), progress=True,
     )  # fmt: skip
     typer.echo(result.to_markdown(), nl=False)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())} ({result.seconds:.0f} s)")

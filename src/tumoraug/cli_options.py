@@ -43,14 +43,19 @@ def sampling_config(steps: int | None, guidance: float | None, temperature: floa
         raise ConfigError(f"{exc} (CLI: {flags[field]})" if field in flags else str(exc)) from None
 
 
-def int_list(text: str, option: str) -> tuple[int, ...]:
-    """Parse comma-separated integers, or fail naming the option."""
+def number_list(
+    text: str | None, option: str, kind: type[int] | type[float] = float
+) -> tuple[Any, ...] | None:
+    """Parse comma-separated integers or numbers (None stays None), or fail naming the option."""
     from tumoraug.errors import ConfigError
 
+    if text is None:
+        return None
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        return tuple(kind(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(f"{option}: expected comma-separated integers, got {text!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{option}: expected comma-separated {what}, got {text!r}") from None
 
 
 STEPS = opt("--steps", "Decoding rounds (default: SamplingConfig).")
@@ -85,18 +90,6 @@ def friendly_errors(func: F) -> F:
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def float_list(text: str | None, option: str) -> tuple[float, ...] | None:
-    """Parse comma-separated numbers (None stays None), or fail naming the option."""
-    from tumoraug.errors import ConfigError
-
-    if text is None:
-        return None
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
 def word_list(text: str | None) -> tuple[str, ...] | None:

@@ -22,6 +22,7 @@ from tumoraug.checkpoint import atomic_save_tensors
 from tumoraug.data import subject_tensors
 from tumoraug.device import autocast, resolve_device
 from tumoraug.errors import DataError
+from tumoraug.training.checkpoints import data_fingerprint
 from tumoraug.version import __version__
 
 CORPUS_NAME = "corpus.safetensors"
@@ -100,13 +101,6 @@ def tokenizer_fingerprint(tokenizer: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _data_fingerprint(data: Any) -> str | None:
-    manifest = getattr(data, "manifest", None)
-    if manifest is None:
-        return None
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def as_dataset(data: Any) -> Any:
     """A ROI cache folder as an ``ROIDataset``; any other dataset as it is."""
     if isinstance(data, str | Path):
@@ -139,11 +133,12 @@ def encode_corpus(
     ``tokenizer``: a `VQGAN3D` or its folder; ``data``: an ``ROIDataset``, a cache folder or
     any dataset whose items `tumoraug.data.subject_tensors` reads. With ``path`` the corpus is
     written there, and an existing file is re-used (without running the tokenizer) when its
-    key, a hash of the tokenizer weights and the data manifest, still matches; datasets
-    without a ``manifest`` are always re-encoded.
+    key, a hash of the tokenizer weights and the data (`data_fingerprint`: the cache's
+    subjects, labels, shapes and file hashes), still matches; datasets without a
+    ``manifest`` are always re-encoded.
     """
     tokenizer, data = as_tokenizer(tokenizer), as_dataset(data)
-    data_key = _data_fingerprint(data)
+    data_key = data_fingerprint(data)
     key = ""
     if data_key is not None:
         key = hashlib.sha256((tokenizer_fingerprint(tokenizer) + data_key).encode()).hexdigest()

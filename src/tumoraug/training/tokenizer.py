@@ -55,6 +55,7 @@ from tumoraug.models.discriminator import (
 from tumoraug.models.vqgan import VQGAN3D
 from tumoraug.training.checkpoints import data_fingerprint
 from tumoraug.training.config import TrainConfig
+from tumoraug.training.grades import grade_weights, per_grade_means
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
 from tumoraug.viz import save_montage
 
@@ -126,29 +127,6 @@ def collate_rois(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torc
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
-def grade_weights(
-    class_counts: Sequence[int] | None, num_classes: int, recipe: TokenizerRecipe
-) -> torch.Tensor:
-    """Cross-entropy weight per grade: ``n / (K * n_c)`` with ``balance_classes``, else 1."""
-    if not recipe.balance_classes or class_counts is None:
-        return torch.ones(num_classes)
-    counts = torch.as_tensor(list(class_counts), dtype=torch.float32).clamp_min(1)
-    return counts.sum() / (num_classes * counts)
-
-
-def grade_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Accuracy of grade predictions, overall and per grade present (``grade_acc/LGG``, ...)."""
-    from tumoraug.labels import GRADES
-
-    hit = (logits.argmax(-1) == labels).float()
-    out = {"grade_acc": hit.mean()}
-    for label, grade in enumerate(GRADES):
-        chosen = labels == label
-        if bool(chosen.any()):
-            out[f"grade_acc/{grade}"] = hit[chosen].mean()
-    return out
-
-
 def class_counts(data: Any, num_classes: int) -> list[int]:
     """Items per grade: from ``data.labels`` when the dataset has them, else item by item."""
     labels = getattr(data, "labels", None)
@@ -204,7 +182,9 @@ class TokenizerTask(TrainingTask):
         r = recipe
         if model.gated:
             model.importance_head.start_at(r.importance_budget)
-        self.class_weights = grade_weights(class_counts, model.config.num_classes, r)
+        self.class_weights = grade_weights(
+            class_counts, model.config.num_classes, r.balance_classes
+        )
         self.discriminator = PatchDiscriminator3D(
             model.config.in_channels, r.disc_channels, r.disc_layers
         )
@@ -264,11 +244,12 @@ class TokenizerTask(TrainingTask):
         if out.grade_logits is not None:
             logits = out.grade_logits.float()
             weights = self.class_weights.to(logits.device)
+            hit = (logits.argmax(-1) == labels).float()
             grade_loss = F.cross_entropy(
                 logits, labels, weight=weights, label_smoothing=r.label_smoothing
             )
             loss = (1 - r.classifier_weight) * loss + r.classifier_weight * grade_loss
-            metrics |= {"grade_loss": grade_loss, **grade_accuracy(logits, labels)}
+            metrics |= {"grade_loss": grade_loss, **per_grade_means(hit, labels, "grade_acc")}
         else:
             budget = (s.mean(dim=(1, 2, 3)) - r.importance_budget).pow(2).mean()
             loss = loss + r.importance_weight * budget

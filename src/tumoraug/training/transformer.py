@@ -31,7 +31,6 @@ from torch import nn
 from tumoraug.config import Config, TransformerConfig, check
 from tumoraug.data import subject_tensors
 from tumoraug.errors import ConfigError, DataError
-from tumoraug.labels import GRADES
 from tumoraug.models.transformer import MaskedTransformer, PerClassTransformer, build_transformer
 from tumoraug.training.checkpoints import check_resume, data_fingerprint, run_record
 from tumoraug.training.config import TrainConfig
@@ -43,6 +42,7 @@ from tumoraug.training.corpus import (
     encode_corpus,
     tokenizer_fingerprint,
 )
+from tumoraug.training.grades import grade_weights, per_grade_means
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
 from tumoraug.training.masking import MASKING_MODES, corrupt
 
@@ -116,10 +116,9 @@ class TransformerTask(TrainingTask):
         self.recipe = recipe
         self.lr = lr
         self.tokenizer = tokenizer
-        self.class_weights = torch.ones(self.config.num_classes)
-        if recipe.balance_classes and class_counts is not None:
-            counts = torch.as_tensor(list(class_counts), dtype=torch.float32).clamp_min(1)
-            self.class_weights = counts.sum() / (len(counts) * counts)
+        self.class_weights = grade_weights(
+            class_counts, self.config.num_classes, recipe.balance_classes
+        )
 
     def describe(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "recipe": self.recipe.to_dict()}
@@ -169,10 +168,7 @@ class TransformerTask(TrainingTask):
         }
         with torch.no_grad():
             hit = (chosen.argmax(-1) == target).float()
-            metrics["accuracy"] = hit.mean()
-            for label, name in enumerate(GRADES):
-                if bool((grade == label).any()):
-                    metrics[f"accuracy/{name}"] = hit[grade == label].mean()
+            metrics |= per_grade_means(hit, grade, "accuracy")
         return StepOutput({"transformer": loss}, metrics)
 
     def save_images(self, batch: Any, ctx: StepContext, path: Path) -> None:
