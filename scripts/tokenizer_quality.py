@@ -7,7 +7,7 @@ codebook their tokens use, the mean importance of tokens inside vs outside the t
 
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --steps 1500
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --preset small32 \
-        --steps 4000 --batch-size 4
+        --steps 4500 --batch-size 4 --lr-schedule cosine
 
 Results go to ``<work>/quality.json`` and are printed as a table.
 """
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr-schedule", default="constant", help="constant or cosine.")
     parser.add_argument("--tumor-weight", type=float, default=None, help="Override aux weight.")
     parser.add_argument("--preset", default="tiny", help="TokenizerConfig preset (roi 32).")
     parser.add_argument("--importance", default=None, help="classifier or gate (preset's).")
@@ -94,10 +95,12 @@ def main() -> None:
     recipe = TokenizerRecipe.for_preset(args.preset)
     if args.tumor_weight is not None:
         recipe = recipe.replace(importance_tumor_weight=args.tumor_weight)
-    run_dir = args.work / f"run_{args.preset}_{config.importance}_s{args.steps}"
+    schedule = "" if args.lr_schedule == "constant" else f"_{args.lr_schedule}"
+    run_dir = args.work / f"run_{args.preset}_{config.importance}_s{args.steps}{schedule}"
     run = TrainConfig.preset(
         "tokenizer", steps=args.steps, batch_size=args.batch_size, lr=args.lr, device="cpu",
-        seed=args.seed, checkpoint_every=250, image_every=250, log_every=25,
+        lr_schedule=args.lr_schedule, seed=args.seed, checkpoint_every=250, image_every=250,
+        log_every=25,
     )  # fmt: skip
     start = time.perf_counter()
     train_tokenizer(config, train, run_dir, run, recipe)
@@ -105,6 +108,7 @@ def main() -> None:
     results = {
         "steps": args.steps,
         "batch_size": args.batch_size,
+        "lr_schedule": args.lr_schedule,
         "train_rois": len(train),
         "train_minutes": round(minutes, 2),
         "importance_tumor_weight": recipe.importance_tumor_weight,

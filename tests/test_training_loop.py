@@ -1,4 +1,5 @@
 import dataclasses
+import itertools
 import json
 from typing import Any, ClassVar
 
@@ -126,6 +127,37 @@ def test_outputs_checkpoints_and_export(tmp_path):
     assert not torch.equal(loaded(x), ToyTask().net.eval()(x))  # it was trained
     again = run(ToyTask(), tmp_path, 6, warmup_steps=4)  # all done: resumes, stops at once
     assert again.resumed_from == 6 and again.step == 6
+
+
+def test_cosine_schedule_warms_up_decays_to_its_floor_and_resumes_exactly(tmp_path):
+    train = TrainConfig(steps=11, warmup_steps=2, lr_schedule="cosine", min_lr_ratio=0.1)
+    factors = [train.lr_factor(step) for step in range(11)]
+    assert factors[:3] == [0.5, 1.0, 1.0] and factors[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
+    assert TrainConfig(steps=11).lr_factor(10) == 1.0
+    full = ToyTask()
+    run(full, tmp_path / "full", 7, lr_schedule="cosine", log_every=1)
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
+    assert records[0]["lr"] == 0.1 and records[-1]["lr"] == pytest.approx(0.01)
+    with pytest.raises(KeyboardInterrupt):
+        run(ToyTask(crash_at=5), tmp_path / "cut", 7, lr_schedule="cosine")
+    resumed = ToyTask()
+    run(resumed, tmp_path / "cut", 7, lr_schedule="cosine")
+    for key, value in weights(full).items():
+        assert torch.equal(value, weights(resumed)[key]), key
+    with pytest.raises(ConfigError, match="lr_schedule was 'cosine', now 'constant'"):
+        run(ToyTask(), tmp_path / "cut", 8)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+
+
+def test_run_records_from_before_the_schedule_resume_as_constant(tmp_path):
+    run(ToyTask(), tmp_path, 4)
+    record = tmp_path / "checkpoints" / "step_00000004" / "run.json"
+    saved = json.loads(record.read_text())
+    del saved["train"]["lr_schedule"], saved["train"]["min_lr_ratio"]
+    record.write_text(json.dumps(saved))
+    assert run(ToyTask(), tmp_path, 6).resumed_from == 4
 
 
 def test_gradient_accumulation_matches_one_large_batch(tmp_path):

@@ -188,6 +188,7 @@ def train_tokenizer(
     batch_size: int | None = o.BATCH,
     grad_accum: int | None = o.ACCUM,
     lr: float | None = o.LR,
+    lr_schedule: str | None = o.LR_SCHEDULE,
     checkpoint_every: int | None = o.CHECKPOINT_EVERY,
     image_every: int | None = o.IMAGE_EVERY,
     grad_checkpointing: bool | None = o.opt("--grad-checkpointing", "Recompute activations."),
@@ -203,7 +204,7 @@ def train_tokenizer(
         train=o.given(
             steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
             checkpoint_every=checkpoint_every, image_every=image_every, device=device,
-            gradient_checkpointing=grad_checkpointing,
+            gradient_checkpointing=grad_checkpointing, lr_schedule=lr_schedule,
         ),
     )  # fmt: skip
     typer.echo(f"trained {result.step} steps; tokenizer in {out_dir}/tokenizer")
@@ -224,6 +225,7 @@ def train_transformer(
     batch_size: int | None = o.BATCH,
     grad_accum: int | None = o.ACCUM,
     lr: float | None = o.LR,
+    lr_schedule: str | None = o.LR_SCHEDULE,
     warmup: int | None = o.opt("--warmup", "Linear warm-up steps."),
     checkpoint_every: int | None = o.CHECKPOINT_EVERY,
     image_every: int | None = o.IMAGE_EVERY,
@@ -240,7 +242,7 @@ def train_transformer(
         train=o.given(
             steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
             warmup_steps=warmup, checkpoint_every=checkpoint_every, image_every=image_every,
-            device=device,
+            device=device, lr_schedule=lr_schedule,
         ),
     )  # fmt: skip
     typer.echo(f"trained {result.step} steps; model in {out}")

@@ -63,6 +63,7 @@ TRAIN_STEPS = opt("--steps", "Optimizer steps (default: TrainConfig preset of th
 BATCH = opt("--batch-size", "Items per step and process.")
 ACCUM = opt("--grad-accum", "Micro-batches per optimizer step.")
 LR = opt("--lr", "Learning rate.")
+LR_SCHEDULE = opt("--lr-schedule", "constant or cosine (to min_lr_ratio at the last step).")
 CHECKPOINT_EVERY = opt("--checkpoint-every", "Checkpoint interval in steps.")
 IMAGE_EVERY = opt("--image-every", "PNG montage interval in steps (0 = off).")
 TRAIN_DEVICE = opt("--device", "auto, cpu or cuda.")

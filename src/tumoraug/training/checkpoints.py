@@ -42,9 +42,11 @@ METRICS_NAME = "metrics.jsonl"
 RUN_NAME = "run.json"
 RESULT_FIELDS = (
     "batch_size", "grad_accum_steps", "lr", "warmup_steps", "max_grad_norm", "seed",
-    "mixed_precision",
+    "mixed_precision", "lr_schedule", "min_lr_ratio",
 )  # fmt: skip
 """The `TrainConfig` fields that change what a run computes (``steps`` only says how long)."""
+ADDED_LATER = {"train.lr_schedule": "constant", "train.min_lr_ratio": 0.1}
+"""Run-record entries that older records lack, with the value those runs trained with."""
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -164,7 +166,7 @@ def check_resume(
         raise CheckpointError(f"{path}: not a run record (expected a JSON object)")
     if partial:
         saved = {key: saved.get(key) for key in record}
-    before, now = _flat(saved), _flat(record)
+    before, now = {**ADDED_LATER, **_flat(saved)}, _flat(record)
     diffs = [
         f"{key} was {_shown(before.get(key))}, now {_shown(now.get(key))}"
         for key in dict.fromkeys([*before, *now])

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 from tumoraug.config import Config, check
 
+SCHEDULES = ("constant", "cosine")
+
 
 @dataclasses.dataclass
 class TrainConfig(Config):
@@ -22,7 +24,10 @@ class TrainConfig(Config):
 
     ``steps`` optimizer steps of ``batch_size`` items per process and micro-batch, with
     ``grad_accum_steps`` micro-batches per step; ``lr`` after ``warmup_steps`` of linear
-    warm-up; gradients clipped to ``max_grad_norm`` (None: no clipping); a checkpoint every
+    warm-up, then held (``lr_schedule="constant"``) or lowered along a half cosine to
+    ``min_lr_ratio·lr`` at the last step (``"cosine"``: the last steps refine at a small
+    rate; a resume to more ``steps`` stretches the rest of the curve); gradients clipped to
+    ``max_grad_norm`` (None: no clipping); a checkpoint every
     ``checkpoint_every`` steps (the last ``keep_checkpoints`` kept), a metrics line every
     ``log_every`` and a PNG every ``image_every`` steps (0: never); bf16 autocast on CUDA
     when ``mixed_precision``; activation recomputation with ``gradient_checkpointing``.
@@ -34,6 +39,8 @@ class TrainConfig(Config):
     grad_accum_steps: int = 1
     lr: float = 3e-4
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.1
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -71,4 +78,25 @@ class TrainConfig(Config):
             or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),
             name, "max_grad_norm", "None or a finite number > 0", self.max_grad_norm,
         )  # fmt: skip
+        check(
+            self.lr_schedule in SCHEDULES,
+            name,
+            "lr_schedule",
+            " or ".join(SCHEDULES),
+            self.lr_schedule,
+        )
+        check(
+            isinstance(self.min_lr_ratio, int | float) and 0 <= self.min_lr_ratio <= 1,
+            name, "min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio,
+        )  # fmt: skip
         check(isinstance(self.device, str), name, "device", "a device name", self.device)
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at optimizer step ``step`` (0-based): warm-up, then the schedule."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant" or self.steps <= self.warmup_steps + 1:
+            return 1.0
+        progress = (step - self.warmup_steps) / (self.steps - self.warmup_steps - 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine

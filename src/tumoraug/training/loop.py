@@ -380,7 +380,7 @@ def _fit(
     step = start
     with progress_bar("train", train.steps, enabled=progress and is_main, completed=start) as bar:
         while step < train.steps:
-            factor = min(1.0, (step + 1) / train.warmup_steps) if train.warmup_steps else 1.0
+            factor = train.lr_factor(step)
             for o in optimizers.values():
                 o.zero_grad(set_to_none=True)
                 for group in o.param_groups:
