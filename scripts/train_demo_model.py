@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=96)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr-schedule", default="constant", help="constant or cosine.")
+    parser.add_argument("--validation", type=Path, default=None, help="Held-out ROI cache.")
     parser.add_argument("--ship", type=Path, default=None, help="Copy the final model here.")
     args = parser.parse_args()
 
@@ -57,15 +59,19 @@ def main() -> None:
         f" {args.data} --out {args.out} --config {args.out / 'transformer_config.json'}"
         f" --topk-ratio {args.topk_ratio:g} --steps {args.steps} --batch-size {args.batch_size}"
         f" --lr {args.lr:g} --warmup {args.warmup} --device cpu --seed {args.seed}"
-        " --checkpoint-every 200",
+        f" --lr-schedule {args.lr_schedule} --checkpoint-every 200"
+        + (f" --validation {args.validation}" if args.validation else ""),
         flush=True,
     )
     train = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-        device="cpu", seed=args.seed, checkpoint_every=200,
+        device="cpu", seed=args.seed, checkpoint_every=200, lr_schedule=args.lr_schedule,
     )  # fmt: skip
     start = time.perf_counter()
-    train_transformer(config, (args.tokenizer, args.data), args.out, train, recipe, progress=False)
+    train_transformer(
+        config, (args.tokenizer, args.data), args.out, train, recipe, progress=False,
+        validation=args.validation,
+    )  # fmt: skip
     minutes = (time.perf_counter() - start) / 60
     lines = (args.out / "metrics.jsonl").read_text().splitlines()
     summary = {"train_minutes": round(minutes, 2), "final": json.loads(lines[-1])}

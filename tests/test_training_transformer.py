@@ -166,6 +166,40 @@ def test_training_writes_metrics_and_resumes_exactly(tmp_path):
     assert not (tmp_path / "full" / "tumoraug.json").exists()  # no tokenizer known
 
 
+def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path):
+    corpus, held_out = random_corpus(), random_corpus(n=6)
+    held_out.tokens = held_out.tokens.flip(0)
+    config = TransformerConfig.preset("tiny", **TINY)
+    train = TrainConfig(steps=4, batch_size=4, device="cpu", log_every=2, checkpoint_every=2)
+    plain = train_transformer(config, corpus, tmp_path / "plain", train, progress=False)
+    held_out.save(tmp_path / "held_out.safetensors")
+    scored = train_transformer(
+        config, corpus, tmp_path / "scored", train, progress=False,
+        validation=tmp_path / "held_out.safetensors",
+    )  # fmt: skip
+    a = MaskedTransformer.from_pretrained(tmp_path / "plain" / "transformer").state_dict()
+    b = MaskedTransformer.from_pretrained(tmp_path / "scored" / "transformer").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # scoring held-out grids changes nothing
+    records = [json.loads(line) for line in (tmp_path / "scored" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert {"val_loss", "val_accuracy", "val_accuracy/LGG", "val_accuracy/HGG"} <= set(records[0])
+    assert "val_loss" not in json.loads((tmp_path / "plain" / "metrics.jsonl").open().readline())
+    assert plain.step == scored.step == 4
+    model = MaskedTransformer.from_pretrained(tmp_path / "scored" / "transformer")
+    task = TransformerTask(model, TransformerRecipe(), lr=1e-3, validation=held_out)
+    first, again = (
+        task.validate(model, torch.device("cpu")),
+        task.validate(model, torch.device("cpu")),
+    )
+    assert first == again and first["val_loss"] == pytest.approx(records[-1]["val_loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match="do not match the training corpus"):
+        train_transformer(
+            config, corpus, tmp_path / "x", train, validation=random_corpus(grid=(2, 2, 2))
+        )
+    with pytest.raises(ConfigError, match="encoded with the tokenizer"):
+        train_transformer(config, corpus, tmp_path / "y", train, validation=tmp_path / "nowhere")
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="TokenCorpus"):
         train_transformer("tiny", 42, tmp_path)
@@ -216,9 +250,12 @@ def test_cli_train_transformer_then_generate(tmp_path):
         "train-transformer", "--data", str(tmp_path / "corpus.safetensors"), "--tokenizer",
         str(tmp_path / "tokenizer"), "--out", str(tmp_path / "model"), "--preset", "tiny",
         "--steps", "2", "--batch-size", "4", "--device", "cpu", "--masking", "random",
+        "--validation", str(tmp_path / "corpus.safetensors"), "--lr-schedule", "cosine",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert run_recipe(tmp_path / "model")["masking"] == "random"
+    last = json.loads((tmp_path / "model" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "val_accuracy" in last and last["lr"] == pytest.approx(TrainConfig().lr * 0.1)
     generated = runner.invoke(app, [
         "generate", "--model", str(tmp_path / "model"), "--label", "LGG", "--n", "1", "--out",
         str(tmp_path / "rois"), "--steps", "2", "--device", "cpu",

@@ -221,6 +221,7 @@ def train_transformer(
     masking: str | None = o.opt("--masking", "hybrid or random (MaskGIT)."),
     topk_ratio: float | None = o.opt("--topk-ratio", "Share of important tokens (hybrid)."),
     baseline: bool = o.opt("--baseline", "The 3D-VQGAN baseline: a network per grade.", False),
+    validation: str | None = o.opt("--validation", "Held-out ROI cache or token corpus file."),
     steps: int | None = o.TRAIN_STEPS,
     batch_size: int | None = o.BATCH,
     grad_accum: int | None = o.ACCUM,
@@ -239,7 +240,7 @@ def train_transformer(
     result = run_transformer_training(
         data, out, tokenizer=tokenizer, preset=preset, config_file=config, baseline=baseline,
         recipe=o.given(masking=masking, topk_ratio=topk_ratio), resume=resume,
-        train=o.given(
+        validation=validation, train=o.given(
             steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
             warmup_steps=warmup, checkpoint_every=checkpoint_every, image_every=image_every,
             device=device, lr_schedule=lr_schedule,

@@ -15,6 +15,7 @@ Subclass `TrainingTask` (or write any object with the same methods)::
         def configure_optimizers(self, modules) -> dict[str, Optimizer]   # required
         def training_step(self, batch, ctx: StepContext) -> StepOutput | Tensor   # required
         def after_step(self, ctx) -> dict[str, float]      # optional, after the optimizer steps
+                                                           # (ctx.logged: a metrics line follows)
         def save_images(self, batch, ctx, path) -> None    # optional, rank 0, under no_grad
         def export_names(self) -> list[str]                # optional, default: PretrainedMixins
         def state_dict(self) / load_state_dict(state)      # optional extra resumable state
@@ -136,6 +137,7 @@ class StepContext:
     seed: int
     modules: dict[str, nn.Module]  # possibly DDP-wrapped: use for synchronised forwards
     raw: dict[str, nn.Module]  # the plain modules
+    logged: bool = False  # after_step only: this step writes a metrics line
 
     @property
     def is_main(self) -> bool:
@@ -426,7 +428,8 @@ def _fit(
                 if train.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params_of[name], train.max_grad_norm)
                 optimizers[name].step()
-            ctx = StepContext(step, accum - 1, device, rank, world, seed, modules, raw)
+            logged = (step + 1) % train.log_every == 0 or step + 1 == train.steps
+            ctx = StepContext(step, accum - 1, device, rank, world, seed, modules, raw, logged)
             for key, value in (task.after_step(ctx) or {}).items():
                 current[key] = torch.tensor(float(value))
             for key, value in current.items():
@@ -434,7 +437,7 @@ def _fit(
                 counts[key] = counts.get(key, 0) + 1
             step += 1
 
-            if step % train.log_every == 0 or step == train.steps:
+            if logged:
                 names = sorted(sums)
                 values = torch.stack([sums[k] / counts[k] for k in names]) if names else None
                 if world > 1 and values is not None:

@@ -94,8 +94,15 @@ class TransformerRecipe(Config):
         return cls.preset(name) if name in cls.presets else cls()
 
 
+VALIDATION_CORPUS_NAME = "validation_corpus.safetensors"
+VALIDATION_SEED = 20_231
+VALIDATION_BATCH = 32
+
+
 class TransformerTask(TrainingTask):
-    """The stage-2 objective (see the module docstring) as a `TrainingTask`."""
+    """The stage-2 objective (see the module docstring) as a `TrainingTask`; with
+    ``validation`` (held-out token grids) ``val_loss`` and ``val_accuracy`` (per grade too)
+    are added to every metrics line."""
 
     def __init__(
         self,
@@ -105,6 +112,7 @@ class TransformerTask(TrainingTask):
         lr: float,
         tokenizer: nn.Module | None = None,
         class_counts: Sequence[int] | None = None,
+        validation: TokenCorpus | None = None,
     ) -> None:
         if model.config.conditioning == "per_class" and recipe.class_dropout != 0:
             raise ConfigError(
@@ -119,6 +127,7 @@ class TransformerTask(TrainingTask):
         self.class_weights = grade_weights(
             class_counts, self.config.num_classes, recipe.balance_classes
         )
+        self.validation = validation
 
     def describe(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "recipe": self.recipe.to_dict()}
@@ -138,9 +147,18 @@ class TransformerTask(TrainingTask):
         return {"transformer": optimizer}
 
     def training_step(self, batch: Any, ctx: StepContext) -> StepOutput:
+        loss, metrics = self.objective(ctx.modules["transformer"], batch, ctx.rng(0), "accuracy")
+        return StepOutput({"transformer": loss}, metrics)
+
+    def objective(
+        self, model: nn.Module, batch: Any, rng: torch.Generator, name: str, *, train: bool = True
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Corrupt a batch with the recipe's masking and score the predictions: the
+        grade-weighted cross-entropy at the corrupted positions, and the corrupted share and
+        token accuracy (``name``, overall and per grade). ``train=False``: no class dropout
+        (held-out grids are scored with their own grade)."""
         c, r = self.config, self.recipe
         tokens, importance, labels = batch
-        rng = ctx.rng(0)
         corrupted, masked, replaced = corrupt(
             tokens,
             importance,
@@ -151,25 +169,55 @@ class TransformerTask(TrainingTask):
             topk_ratio=r.topk_ratio,
             random_replace_ratio=r.random_replace_ratio,
         )
-        drop = (torch.rand(labels.shape[0], generator=rng) < r.class_dropout).to(labels.device)
+        dropout = r.class_dropout if train else 0.0
+        drop = (torch.rand(labels.shape[0], generator=rng) < dropout).to(labels.device)
         devices = [tokens.device] if tokens.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=tokens.device.type):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=rng)))  # dropout noise
-            logits = ctx.modules["transformer"](corrupted, labels.masked_fill(drop, c.null_class))
+            logits = model(corrupted, labels.masked_fill(drop, c.null_class))
         target_mask = masked | replaced
         grade = labels[:, None, None, None].expand_as(tokens)[target_mask]  # (M,)
         chosen, target = logits[target_mask].float(), tokens[target_mask]
         per_token = F.cross_entropy(chosen, target, reduction="none")
         weight = self.class_weights.to(per_token.device)[grade]
         loss = (per_token * weight).sum() / weight.sum()
-        metrics: dict[str, Any] = {
-            "masked_fraction": masked.float().mean(),
-            "corrupted_fraction": target_mask.float().mean(),
-        }
+        metrics: dict[str, Any] = {}
+        if train:
+            metrics["masked_fraction"] = masked.float().mean()
+            metrics["corrupted_fraction"] = target_mask.float().mean()
         with torch.no_grad():
             hit = (chosen.argmax(-1) == target).float()
-            metrics |= per_grade_means(hit, grade, "accuracy")
-        return StepOutput({"transformer": loss}, metrics)
+            metrics |= per_grade_means(hit, grade, name)
+        return loss, metrics
+
+    def after_step(self, ctx: StepContext) -> dict[str, float]:
+        if self.validation is None or not ctx.logged:
+            return {}
+        return self.validate(ctx.raw["transformer"], ctx.device)
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Loss and token accuracy on the held-out grids, under the same corruption draws at
+        every call (a fixed seed), so that the curve moves only when the model does."""
+        assert self.validation is not None
+        was_training = model.training
+        model.eval()
+        rng = torch.Generator(device).manual_seed(VALIDATION_SEED)
+        sums: dict[str, float] = {}
+        try:
+            for start in range(0, len(self.validation), VALIDATION_BATCH):
+                items = range(start, min(start + VALIDATION_BATCH, len(self.validation)))
+                corpus = self.validation
+                batch = tuple(
+                    t[list(items)].to(device)
+                    for t in (corpus.tokens, corpus.importance, corpus.labels)
+                )
+                loss, metrics = self.objective(model, batch, rng, "val_accuracy", train=False)
+                for key, value in {"val_loss": loss, **metrics}.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * len(items)
+        finally:
+            model.train(was_training)
+        return {key: value / len(self.validation) for key, value in sums.items()}
 
     def save_images(self, batch: Any, ctx: StepContext, path: Path) -> None:
         if self.tokenizer is None:
@@ -243,6 +291,37 @@ def resolve_corpus(
     return corpus, tokenizer, identity
 
 
+def validation_corpus(
+    validation: Any, corpus: TokenCorpus, tokenizer: Any, output_dir: Path, train: TrainConfig
+) -> TokenCorpus | None:
+    """Held-out grids as a corpus that fits the training ``corpus``: a `TokenCorpus`, a corpus
+    file, or ROI data (a cache folder or dataset) encoded once with ``tokenizer`` into
+    ``output_dir/validation_corpus.safetensors``. None stays None."""
+    if validation is None:
+        return None
+    if isinstance(validation, TokenCorpus):
+        held_out = validation
+    elif isinstance(validation, str | Path) and Path(validation).is_file():
+        held_out = TokenCorpus.load(validation)
+    elif tokenizer is None:
+        raise ConfigError(
+            f"train_transformer: held-out ROIs ({validation}) are encoded with the tokenizer, "
+            "which is unknown here; give the tokenizer (CLI: --tokenizer) or a token corpus file"
+        )
+    else:
+        held_out = encode_corpus(
+            tokenizer, as_dataset(validation), output_dir / VALIDATION_CORPUS_NAME,
+            batch_size=train.batch_size, device=train.device,
+        )  # fmt: skip
+    if (held_out.codebook_size, held_out.token_grid) != (corpus.codebook_size, corpus.token_grid):
+        raise ConfigError(
+            f"{validation}: held-out tokens (codebook_size {held_out.codebook_size}, grid "
+            f"{held_out.token_grid}) do not match the training corpus ({corpus.codebook_size}, "
+            f"{corpus.token_grid}); encode both with the same tokenizer"
+        )
+    return held_out
+
+
 def train_transformer(
     config: TransformerConfig | str,
     data: Any,
@@ -251,6 +330,7 @@ def train_transformer(
     recipe: TransformerRecipe | None = None,
     *,
     tokenizer: Any = None,
+    validation: Any = None,
     resume: bool = True,
     progress: bool = True,
 ) -> FitResult:
@@ -267,6 +347,8 @@ def train_transformer(
     encoded once into ``output_dir/corpus.safetensors``). ``train`` defaults to
     ``TrainConfig.preset("transformer")``. When the tokenizer is known (from the pair or the
     ``tokenizer`` argument), ``output_dir`` also becomes a complete `TumorGenerator` folder.
+    ``validation``: held-out ROIs or tokens (`validation_corpus`), scored at every metrics
+    line (``val_loss``, ``val_accuracy``): the curve that says when training stops helping.
     """
     if isinstance(config, str):
         recipe = recipe or TransformerRecipe.for_preset(config)
@@ -275,12 +357,14 @@ def train_transformer(
     train = train or TrainConfig.preset("transformer")
     output_dir = Path(output_dir)
     corpus, tokenizer, identity = resolve_corpus(data, output_dir, train, tokenizer, resume=resume)
+    held_out = validation_corpus(validation, corpus, tokenizer, output_dir, train)
     config = config.replace(codebook_size=corpus.codebook_size, token_grid=corpus.token_grid)
     torch.manual_seed(train.seed)
     counts = [int((corpus.labels == c).sum()) for c in range(config.num_classes)]
     task = TransformerTask(
-        build_transformer(config), recipe, lr=train.lr, tokenizer=tokenizer, class_counts=counts
-    )
+        build_transformer(config), recipe, lr=train.lr, tokenizer=tokenizer,
+        class_counts=counts, validation=held_out,
+    )  # fmt: skip
     result = fit(
         task, corpus, output_dir, train, resume=resume, progress=progress, identity=identity
     )
@@ -308,6 +392,7 @@ def run_transformer_training(
     baseline: bool = False,
     recipe: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
+    validation: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> FitResult:
@@ -347,5 +432,5 @@ def run_transformer_training(
     run = TrainConfig.preset("transformer", **(train or {}))
     return train_transformer(
         config, source, output_dir, run, stage_recipe, resume=resume, progress=progress,
-        tokenizer=tokenizer if path.is_file() else None,
+        tokenizer=tokenizer if path.is_file() else None, validation=validation,
     )  # fmt: skip
