@@ -5,16 +5,17 @@ phantom ROI cache, then writes a clean, shippable model folder (``tumoraug.json`
 ``tokenizer/``, ``transformer/``, no checkpoints or corpus) to ``--ship``. The embedded demo
 model at ``src/tumoraug/pretrained/demo`` was made with::
 
-    OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --steps 900 \\
-        --batch-size 4 --tumor-weight 0.1
+    OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq2 --preset small32 \\
+        --steps 4000 --batch-size 4 --lr 5e-4
     OMP_NUM_THREADS=1 python scripts/train_demo_model.py \\
-        --tokenizer /tmp/tokq/run_tw0.1_s900/tokenizer --data /tmp/tokq/cache32 \\
-        --out /tmp/exp/gen_topk0 --topk-ratio 0 --steps 800 \\
+        --tokenizer /tmp/tokq2/run_small32_classifier_s4000/tokenizer --data /tmp/tokq2/cache32 \\
+        --out /tmp/exp10/classifier_topk0.25 --topk-ratio 0.25 --steps 1500 --batch-size 16 \\
         --ship src/tumoraug/pretrained/demo
 
-The same settings with ``--topk-ratio 0.25`` / ``0.5`` give the other arms of the ablation
-(``scripts/run_experiments.sh``; ``docs/results.md`` says why the demo uses 0). The
-equivalent CLI call is printed before training.
+The same settings with ``--topk-ratio 0`` / ``0.5`` give the other arms of the ablation
+(``scripts/run_experiments.sh``, ``docs/results.md``). The equivalent CLI call is printed
+before training; ``scripts/record_demo_checksums.py`` re-records the test checksums of a
+newly shipped demo.
 """
 
 from __future__ import annotations

@@ -52,8 +52,9 @@ def sha256(tensor: torch.Tensor) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(json.loads(REFERENCE.read_text())["samples"]))
-def test_demo_samples_are_those_of_the_release_before_the_re_layout(demo, case):
-    """Same weights, same default settings, same seeds: the same tokens and voxels."""
+def test_demo_samples_are_those_recorded_when_it_was_shipped(demo, case):
+    """Same weights, same default settings, same seeds: the same tokens and voxels
+    (recorded by scripts/record_demo_checksums.py)."""
     expected = json.loads(REFERENCE.read_text())["samples"][case]
     grade = case.split("/")[0]
     labels, seeds = [grade] * len(expected["seeds"]), expected["seeds"]
