@@ -47,12 +47,15 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr-schedule", default="constant", help="constant or cosine.")
+    parser.add_argument(
+        "--no-balance", action="store_true", help="Plain loss: grades weighed by their share."
+    )
     parser.add_argument("--validation", type=Path, default=None, help="Held-out ROI cache.")
     parser.add_argument("--ship", type=Path, default=None, help="Copy the final model here.")
     args = parser.parse_args()
 
     config = TransformerConfig.preset("tiny", dim=args.dim, depth=args.depth, heads=4, dropout=0.1)
-    recipe = TransformerRecipe(topk_ratio=args.topk_ratio)
+    recipe = TransformerRecipe(topk_ratio=args.topk_ratio, balance_classes=not args.no_balance)
     args.out.mkdir(parents=True, exist_ok=True)
     config.to_json(args.out / "transformer_config.json")
     print(
