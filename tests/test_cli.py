@@ -9,3 +9,17 @@ def test_info_prints_versions():
     assert result.exit_code == 0, result.output
     assert f"tumoraug {__version__}" in result.output
     assert "torch" in result.output
+
+
+def test_version_flag_prints_the_version_and_stops():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"tumoraug {__version__}"
+
+
+def test_shell_completion_script_is_offered():
+    help_text = CliRunner().invoke(app, ["--help"]).output
+    assert "--install-completion" in help_text and "--show-completion" in help_text
+    result = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="tumoraug")
+    assert result.exit_code == 0, result.output
+    assert "_TUMORAUG_COMPLETE" in result.output and "complete" in result.output

@@ -10,19 +10,32 @@ from __future__ import annotations
 import typer
 
 from tumoraug import cli_options as o
+from tumoraug import cli_train
 
 app = typer.Typer(
     name="tumoraug",
     help="Synthetic 3D brain-tumor ROIs for data augmentation (HGG / LGG).",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 console = o.console
 
 
+def print_version(value: bool) -> None:
+    """``--version``: print the version and stop."""
+    if value:
+        from tumoraug.version import __version__
+
+        typer.echo(f"tumoraug {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
     """Synthetic 3D brain-tumor ROIs for data augmentation (HGG / LGG)."""
 
 
@@ -176,74 +189,5 @@ def evaluate_samples(
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-@app.command("train-tokenizer")
-@o.friendly_errors
-def train_tokenizer(
-    cache_dir: str = typer.Argument(..., help="ROI cache folder (tumoraug preprocess)."),
-    out_dir: str = typer.Argument(..., help="Output folder (checkpoints, metrics, tokenizer/)."),
-    preset: str = o.PRESET,
-    config: str | None = o.opt("--config", "TokenizerConfig JSON file."),
-    roi_size: int | None = o.opt("--roi-size", "Override the preset ROI size."),
-    steps: int | None = o.TRAIN_STEPS,
-    batch_size: int | None = o.BATCH,
-    grad_accum: int | None = o.ACCUM,
-    lr: float | None = o.LR,
-    lr_schedule: str | None = o.LR_SCHEDULE,
-    checkpoint_every: int | None = o.CHECKPOINT_EVERY,
-    image_every: int | None = o.IMAGE_EVERY,
-    grad_checkpointing: bool | None = o.opt("--grad-checkpointing", "Recompute activations."),
-    device: str | None = o.TRAIN_DEVICE,
-    seed: int | None = o.SEED,
-    resume: bool = o.RESUME,
-) -> None:
-    """Train the stage-1 VQGAN tokenizer on a ROI cache; the model lands in OUT_DIR/tokenizer."""
-    from tumoraug.training.tokenizer import run_tokenizer_training
-
-    result = run_tokenizer_training(
-        cache_dir, out_dir, preset=preset, config_file=config, roi_size=roi_size, resume=resume,
-        train=o.given(
-            steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
-            checkpoint_every=checkpoint_every, image_every=image_every, device=device,
-            gradient_checkpointing=grad_checkpointing, lr_schedule=lr_schedule,
-        ),
-    )  # fmt: skip
-    typer.echo(f"trained {result.step} steps; tokenizer in {out_dir}/tokenizer")
-
-
-@app.command("train-transformer")
-@o.friendly_errors
-def train_transformer(
-    out: str = o.opt("--out|-o", "Output folder (checkpoints, final model).", ...),
-    data: str | None = o.opt("--data|-d", "ROI cache (with --tokenizer) or token corpus file."),
-    tokenizer: str | None = o.opt("--tokenizer|-t", "Trained tokenizer folder."),
-    preset: str = o.PRESET,
-    config: str | None = o.opt("--config", "TransformerConfig JSON file."),
-    masking: str | None = o.opt("--masking", "hybrid or random (MaskGIT)."),
-    topk_ratio: float | None = o.opt("--topk-ratio", "Share of important tokens (hybrid)."),
-    baseline: bool = o.opt("--baseline", "The 3D-VQGAN baseline: a network per grade.", False),
-    validation: str | None = o.opt("--validation", "Held-out ROI cache or token corpus file."),
-    steps: int | None = o.TRAIN_STEPS,
-    batch_size: int | None = o.BATCH,
-    grad_accum: int | None = o.ACCUM,
-    lr: float | None = o.LR,
-    lr_schedule: str | None = o.LR_SCHEDULE,
-    warmup: int | None = o.opt("--warmup", "Linear warm-up steps."),
-    checkpoint_every: int | None = o.CHECKPOINT_EVERY,
-    image_every: int | None = o.IMAGE_EVERY,
-    device: str | None = o.TRAIN_DEVICE,
-    seed: int | None = o.SEED,
-    resume: bool = o.RESUME,
-) -> None:
-    """Train the stage-2 masked transformer on the tokens of a trained tokenizer."""
-    from tumoraug.training.transformer import run_transformer_training
-
-    result = run_transformer_training(
-        data, out, tokenizer=tokenizer, preset=preset, config_file=config, baseline=baseline,
-        recipe=o.given(masking=masking, topk_ratio=topk_ratio), resume=resume,
-        validation=validation, train=o.given(
-            steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
-            warmup_steps=warmup, checkpoint_every=checkpoint_every, image_every=image_every,
-            device=device, lr_schedule=lr_schedule,
-        ),
-    )  # fmt: skip
-    typer.echo(f"trained {result.step} steps; model in {out}")
+app.command("train-tokenizer")(cli_train.train_tokenizer)
+app.command("train-transformer")(cli_train.train_transformer)
