@@ -130,6 +130,16 @@ def test_cli_phantom_writes_the_layout(tmp_path):
     assert len(_files(out)) == 10
 
 
+def test_cli_phantom_writes_the_brats2020_layout(tmp_path):
+    out = tmp_path / "brats2020"
+    args = ["phantom", str(out), "--per-class", "1", "--shape", "24", "24", "16"]
+    result = CliRunner().invoke(app, [*args, "--layout", "brats2020"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "HGG").exists() and list(out.glob("*.csv"))
+    bad = CliRunner().invoke(app, [*args, "--layout", "brats2018"])
+    assert bad.exit_code == 1 and "layout" in bad.output
+
+
 def test_cli_phantom_bad_shape_is_one_clear_line(tmp_path):
     args = ["phantom", str(tmp_path), "--per-class", "1", "--shape", "4", "24", "16"]
     result = CliRunner().invoke(app, args)

@@ -50,16 +50,19 @@ def info() -> None:
 @app.command()
 @o.friendly_errors
 def phantom(
-    out: str = typer.Argument(..., help="Output folder (BraTS 2019 layout: HGG/ and LGG/)."),
+    out: str = typer.Argument(..., help="Output folder (created)."),
     per_class: int = o.opt("--per-class", "Phantoms per grade.", 20),
     seed: int = o.opt("--seed", "Seed; the same seed writes the same bytes.", 0),
     shape: tuple[int, int, int] = o.opt("--shape", "Volume shape D H W (1 mm).", (240, 240, 155)),
     workers: int = o.opt("--workers", "Parallel processes.", 1),
+    layout: str = o.opt(
+        "--layout", "brats2019 (HGG/ + LGG/) or brats2020 (flat + CSV).", "brats2019"
+    ),
 ) -> None:
-    """Write procedural brain-tumor phantoms (HGG-like and LGG-like) in the BraTS layout."""
+    """Write procedural brain-tumor phantoms (HGG-like and LGG-like) in a BraTS layout."""
     from tumoraug.data.phantom import write_phantom_dataset
 
-    write_phantom_dataset(out, per_class, seed=seed, shape=shape, workers=workers)
+    write_phantom_dataset(out, per_class, seed=seed, shape=shape, workers=workers, layout=layout)
     typer.echo(f"wrote {2 * per_class} phantoms ({per_class} HGG, {per_class} LGG) to {out}")
 
 
