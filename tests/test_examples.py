@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -33,6 +36,22 @@ def test_torchio_pipeline():
     out = run_example("torchio_pipeline.py", "--workers", "0")
     assert "subjects got a synthetic ROI" in out
     assert "history replay reproduces the augmented image: True" in out
+
+
+def test_monai_pipeline():
+    """Skipped where MONAI is not installed, except in CI, which installs the extra."""
+    if os.environ.get("CI"):
+        importlib.import_module("monai")
+    else:
+        pytest.importorskip("monai")
+    out = run_example("monai_pipeline.py", "--workers", "0")
+    assert "6 real ROIs, bank of 4 synthetic ROIs (1, 32, 32, 32)" in out
+    assert "items replaced by a synthetic ROI (prob=0.5)" in out
+    assert "batch: image (4, 1, 32, 32, 32) (MetaTensor)" in out
+    assert "set_determinism reproduces the epoch: True" in out
+    assert "set_random_state reproduces the replaced image: True" in out
+    assert "the replaced image keeps its affine: True" in out
+    assert "synthetic dicts: batch (4, 1, 32, 32, 32)" in out
 
 
 def test_pretrain_on_synthetic():

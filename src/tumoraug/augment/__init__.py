@@ -3,10 +3,12 @@
 Everything here makes its volumes through one `Source` (`GeneratorSource` over a
 `TumorGenerator`, or a `SyntheticBank`): the dataset, the mixing helpers and the TorchIO
 transforms take either, and the same (label, seed) gives the same volume from each.
+The MONAI dictionary transforms live in `tumoraug.augment.monai`, imported on request only
+(it needs the ``monai`` extra).
 """
 
 from tumoraug.augment.bank import BankBatches, SyntheticBank
-from tumoraug.augment.dataset import SyntheticTumorDataset, make_subject
+from tumoraug.augment.dataset import SyntheticTumorDataset, make_item_dict, make_subject
 from tumoraug.augment.mixing import MixedDataset, SyntheticThenReal, mix
 from tumoraug.augment.source import (
     GeneratorSource,
@@ -33,6 +35,7 @@ __all__ = [
     "class_labels",
     "dequantize",
     "item_seeds",
+    "make_item_dict",
     "make_subject",
     "mix",
     "quantize",

@@ -1,4 +1,4 @@
-"""Synthetic ROIs as a torch Dataset of ``tio.Subject`` items, deterministic per index.
+"""Synthetic ROIs as a torch Dataset of ``tio.Subject`` (or plain dict) items, deterministic.
 
 `SyntheticTumorDataset` serves the volumes of any `Source`: a `TumorGenerator` (wrapped in a
 `GeneratorSource`) or a `SyntheticBank`, through the one call ``source.volumes(labels,
@@ -6,6 +6,9 @@ seeds)``. Item ``i`` is a pure function of ``(seed, i)`` and the sampling settin
 label and its sample seed are derived from the index alone, and every volume depends only on
 its own (label, seed), so that the same index gives the same ROI in any worker, process or
 batch composition.
+
+With ``output="dict"`` items are MONAI-style dicts of the same values (`make_item_dict`), for
+``monai.data.DataLoader`` / ``CacheDataset`` pipelines; nothing here imports MONAI.
 """
 
 from __future__ import annotations
@@ -23,30 +26,44 @@ from torch.utils.data import Dataset
 
 from tumoraug.augment.bank import SyntheticBank
 from tumoraug.augment.source import Source, as_source, check_count, item_seeds, resolve_labels
+from tumoraug.errors import ConfigError
 from tumoraug.generator import TumorGenerator
 from tumoraug.labels import GRADES, LabelLike, to_grade
 from tumoraug.sampling import SamplingConfig
 
-__all__ = ["SyntheticTumorDataset", "make_subject"]
+__all__ = ["OUTPUTS", "SyntheticTumorDataset", "make_item_dict", "make_subject"]
+
+OUTPUTS = ("subject", "dict")
+"""Item kinds of `SyntheticTumorDataset`: ``tio.Subject`` items or plain dicts."""
+
+
+def make_item_dict(volume: torch.Tensor, label: int, seed: int, index: int) -> dict[str, Any]:
+    """A synthetic item as a dict: ``image`` (the tensor), ``label``, ``grade``, ``synthetic``,
+    ``seed``, ``subject_id``, the entries of `make_subject` (MONAI's dictionary format)."""
+    return {
+        "image": volume,
+        "label": int(label),
+        "grade": to_grade(label),
+        "synthetic": True,
+        "seed": int(seed),
+        "subject_id": f"synthetic-{index:06d}",
+    }
 
 
 def make_subject(volume: torch.Tensor, label: int, seed: int, index: int) -> tio.Subject:
     """A synthetic item: ``image`` (1 mm affine), ``label``, ``grade``, ``synthetic``, ``seed``."""
-    return tio.Subject(
-        image=tio.ScalarImage(tensor=volume, affine=np.eye(4)),
-        label=int(label),
-        grade=to_grade(label),
-        synthetic=True,
-        seed=int(seed),
-        subject_id=f"synthetic-{index:06d}",
-    )
+    entries = make_item_dict(volume, label, seed, index)
+    image = tio.ScalarImage(tensor=entries.pop("image"), affine=np.eye(4))
+    return tio.Subject(image=image, **entries)
 
 
 class SyntheticTumorDataset(Dataset):
     """A torch Dataset of synthetic ROIs as ``tio.Subject`` items, deterministic per index.
 
     Each item holds ``image`` (``tio.ScalarImage`` ``(C,S,S,S)`` in [-1, 1], 1 mm affine),
-    ``label`` (0 LGG / 1 HGG), ``grade``, ``synthetic=True``, ``seed`` and ``subject_id``.
+    ``label`` (0 LGG / 1 HGG), ``grade``, ``synthetic=True``, ``seed`` and ``subject_id``;
+    with ``output="dict"`` the same values in a plain dict whose ``image`` is the float32
+    tensor (`make_item_dict`), as MONAI's dictionary transforms and collation expect.
 
     Args:
         generator: a `TumorGenerator`, a model folder / Hub id loaded lazily in each process
@@ -56,7 +73,8 @@ class SyntheticTumorDataset(Dataset):
             ``class_ratio``.
         class_ratio: fraction of HGG items when ``labels`` is ``None``.
         seed: dataset seed; item ``i`` uses the sample seed ``item_seeds(seed, [i])``.
-        transform: applied to each Subject (any TorchIO transform or callable).
+        transform: applied to each item (a TorchIO transform, a MONAI ``Compose`` of
+            dictionary transforms with ``output="dict"``, or any callable).
         sampling: the decoding settings (`SamplingConfig` defaults when None); a Source
             brings its own.
         block_size: ``dataset[i]`` generates the ``block_size`` consecutive items around ``i``
@@ -64,6 +82,7 @@ class SyntheticTumorDataset(Dataset):
             access; DataLoader batches are generated together through ``__getitems__``.
             Use ``block_size=1`` for shuffled item-by-item access on CPU.
         device: device of a generator loaded from a path.
+        output: ``"subject"`` (default) for ``tio.Subject`` items, ``"dict"`` for dicts.
     """
 
     def __init__(
@@ -74,13 +93,17 @@ class SyntheticTumorDataset(Dataset):
         labels: LabelLike | Sequence[LabelLike] | None = None,
         class_ratio: float = 0.5,
         seed: int = 0,
-        transform: Callable[[tio.Subject], tio.Subject] | None = None,
+        transform: Callable[[Any], Any] | None = None,
         sampling: SamplingConfig | None = None,
         block_size: int = 8,
         cache_blocks: int = 2,
         device: str = "auto",
+        output: str = "subject",
     ) -> None:
         owner = type(self).__name__
+        if output not in OUTPUTS:
+            raise ConfigError(f"{owner}: output must be one of {OUTPUTS}, got {output!r}")
+        self.output = output
         if length is not None:
             length = check_count(owner, "length", length, 0)
         self.block_size = check_count(owner, "block_size", block_size)
@@ -97,19 +120,22 @@ class SyntheticTumorDataset(Dataset):
         cls,
         bank: SyntheticBank | str | os.PathLike[str],
         *,
-        transform: Callable[[tio.Subject], tio.Subject] | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        output: str = "subject",
     ) -> SyntheticTumorDataset:
         """Serve the items of a `SyntheticBank` (or bank file) in order, without any model."""
         bank = bank if isinstance(bank, SyntheticBank) else SyntheticBank.open(bank)
         seed = bank.seed if bank.seed is not None else 0
-        dataset = cls(bank, labels=bank.labels, seed=seed, transform=transform, block_size=1)
+        dataset = cls(
+            bank, labels=bank.labels, seed=seed, transform=transform, block_size=1, output=output
+        )
         dataset._seeds = bank.seeds
         return dataset
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def set_transform(self, transform: Callable[[tio.Subject], tio.Subject] | None) -> None:
+    def set_transform(self, transform: Callable[[Any], Any] | None) -> None:
         """Replace the transform (as `tio.SubjectsDataset.set_transform`)."""
         self.transform = transform
 
@@ -161,16 +187,17 @@ class SyntheticTumorDataset(Dataset):
         self._cache.move_to_end(block)
         return self._cache[block][index - block * self.block_size]
 
-    def _item(self, index: int, volume: torch.Tensor) -> tio.Subject:
-        subject = make_subject(volume, self.labels[index], self.item_seed(index), index)
-        return self.transform(subject) if self.transform is not None else subject
+    def _item(self, index: int, volume: torch.Tensor) -> Any:
+        make = make_subject if self.output == "subject" else make_item_dict
+        item = make(volume, self.labels[index], self.item_seed(index), index)
+        return self.transform(item) if self.transform is not None else item
 
-    def __getitem__(self, index: int) -> tio.Subject:
+    def __getitem__(self, index: int) -> Any:
         index = self._check_index(index)
         # a block stays cached: hand out a copy, so that changes to an item do not leak
         return self._item(index, self._volume(index).clone())
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tio.Subject]:
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """A DataLoader batch: the items not cached are made in one call."""
         indices = [self._check_index(i) for i in indices]
         volumes = {

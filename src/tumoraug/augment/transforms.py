@@ -12,11 +12,15 @@ are, so a ``seg`` no longer matches a replaced image; a name in ``include`` that
 lacks is a `DataError`, as TorchIO raises for a missing key), keep each image's affine, and
 are not invertible. Class names do not clash with TorchIO's, which matters because TorchIO
 rebuilds history entries by class name.
+
+`fit_volume` is the one channel / shape policy, shared with the MONAI dictionary twins in
+`tumoraug.augment.monai`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,7 +35,7 @@ from tumoraug.generator import TumorGenerator
 from tumoraug.labels import to_label
 from tumoraug.sampling import SamplingConfig
 
-__all__ = ["RandomSyntheticReplace", "SyntheticReplace"]
+__all__ = ["RandomSyntheticReplace", "SyntheticReplace", "fit_volume"]
 
 SHAPE_MODES = ("error", "resize")
 SourceLike = Source | TumorGenerator | str | os.PathLike[str]
@@ -53,6 +57,42 @@ def check_shape_mode(shape_mismatch: str) -> str:
     if shape_mismatch not in SHAPE_MODES:
         raise ConfigError(f"shape_mismatch must be one of {SHAPE_MODES}, got {shape_mismatch!r}")
     return shape_mismatch
+
+
+def fit_volume(
+    volume: torch.Tensor,
+    channels: int,
+    spatial_shape: Sequence[int],
+    shape_mismatch: str,
+    name: str,
+    *,
+    select_hint: str = "include=/exclude=",
+    crop_hint: str = "tio.CropOrPad",
+) -> torch.Tensor:
+    """A copy of ``volume`` (C,D,H,W) that fits an image of ``channels`` x ``spatial_shape``.
+
+    The one shape policy of the TorchIO and MONAI transforms: the channel count must match
+    (`DataError`); a spatial mismatch is a `DataError` with ``shape_mismatch="error"`` and a
+    trilinear resize (clamped to [-1, 1]) with ``"resize"``. ``name`` is the image's name in
+    the messages; ``select_hint`` / ``crop_hint`` name the caller's way to pick images and to
+    crop them.
+    """
+    if volume.shape[0] != channels:
+        raise DataError(
+            f"image {name!r} has {channels} channel(s), the synthetic ROI "
+            f"{volume.shape[0]}; use {select_hint} to pick images with matching channels"
+        )
+    target = tuple(int(n) for n in spatial_shape)
+    if tuple(volume.shape[1:]) == target:
+        return volume.clone()
+    if shape_mismatch == "error":
+        raise DataError(
+            f"image {name!r} has spatial shape {target}, the synthetic ROI "
+            f"{tuple(volume.shape[1:])}; pass shape_mismatch='resize' or crop/resize the "
+            f"image first (e.g. {crop_hint})"
+        )
+    resized = F.interpolate(volume[None], size=target, mode="trilinear", align_corners=False)
+    return resized[0].clamp(-1.0, 1.0)
 
 
 class SyntheticReplace(IntensityTransform):
@@ -96,26 +136,11 @@ class SyntheticReplace(IntensityTransform):
             return subject
         volume = self.source.volumes([self.label], [self.seed])[0]
         for name, image in images.items():
-            image.set_data(self._fit(volume, image, name))
+            fitted = fit_volume(
+                volume, image.shape[0], image.spatial_shape, self.shape_mismatch, name
+            )
+            image.set_data(fitted)
         return subject
-
-    def _fit(self, volume: torch.Tensor, image: tio.Image, name: str) -> torch.Tensor:
-        if volume.shape[0] != image.shape[0]:
-            raise DataError(
-                f"image {name!r} has {image.shape[0]} channel(s), the synthetic ROI "
-                f"{volume.shape[0]}; use include=/exclude= to pick images with matching channels"
-            )
-        target = tuple(image.spatial_shape)
-        if tuple(volume.shape[1:]) == target:
-            return volume.clone()
-        if self.shape_mismatch == "error":
-            raise DataError(
-                f"image {name!r} has spatial shape {target}, the synthetic ROI "
-                f"{tuple(volume.shape[1:])}; pass shape_mismatch='resize' or crop/resize the "
-                "image first (e.g. tio.CropOrPad)"
-            )
-        resized = F.interpolate(volume[None], size=target, mode="trilinear", align_corners=False)
-        return resized[0].clamp(-1.0, 1.0)
 
 
 class RandomSyntheticReplace(RandomTransform, IntensityTransform):
