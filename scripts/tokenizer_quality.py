@@ -3,7 +3,7 @@
 Writes phantoms, caches 32³ ROIs, holds out a fixed set of ROIs, trains with
 `train_tokenizer` and reports on the held-out ROIs: reconstruction PSNR, the share of the
 codebook their tokens use, the mean importance of tokens inside vs outside the tumor, and
-(``importance="classifier"``) the grade accuracy of the importance head.
+the grade accuracy of the importance head.
 
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --steps 1500
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --preset small32 \
@@ -73,9 +73,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--lr-schedule", default="constant", help="constant or cosine.")
-    parser.add_argument("--tumor-weight", type=float, default=None, help="Override aux weight.")
     parser.add_argument("--preset", default="tiny", help="TokenizerConfig preset (roi 32).")
-    parser.add_argument("--importance", default=None, help="classifier or gate (preset's).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -88,15 +86,10 @@ def main() -> None:
     test = Subset(dataset, order[: args.held_out].tolist())
     train = Subset(dataset, order[args.held_out :].tolist())
 
-    overrides = {"roi_size": 32}
-    if args.importance is not None:
-        overrides["importance"] = args.importance
-    config = TokenizerConfig.preset(args.preset, **overrides)
+    config = TokenizerConfig.preset(args.preset, roi_size=32)
     recipe = TokenizerRecipe.for_preset(args.preset)
-    if args.tumor_weight is not None:
-        recipe = recipe.replace(importance_tumor_weight=args.tumor_weight)
     schedule = "" if args.lr_schedule == "constant" else f"_{args.lr_schedule}"
-    run_dir = args.work / f"run_{args.preset}_{config.importance}_s{args.steps}{schedule}"
+    run_dir = args.work / f"run_{args.preset}_s{args.steps}{schedule}"
     run = TrainConfig.preset(
         "tokenizer", steps=args.steps, batch_size=args.batch_size, lr=args.lr, device="cpu",
         lr_schedule=args.lr_schedule, seed=args.seed, checkpoint_every=250, image_every=250,
@@ -111,7 +104,6 @@ def main() -> None:
         "lr_schedule": args.lr_schedule,
         "train_rois": len(train),
         "train_minutes": round(minutes, 2),
-        "importance_tumor_weight": recipe.importance_tumor_weight,
         **held_out_quality(VQGAN3D.from_pretrained(run_dir / "tokenizer"), test),
     }
     (run_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -9,16 +9,10 @@ from tumoraug.errors import CheckpointError, ConfigError, DataError
 from tumoraug.models.vqgan import VQGAN3D, VectorQuantizer
 
 
-@pytest.fixture(params=["classifier", "gate"])
-def tiny(request) -> VQGAN3D:
-    torch.manual_seed(0)
-    return VQGAN3D(TokenizerConfig.preset("tiny", importance=request.param))
-
-
 @pytest.fixture
-def gated() -> VQGAN3D:
+def tiny() -> VQGAN3D:
     torch.manual_seed(0)
-    return VQGAN3D(TokenizerConfig.preset("tiny", importance="gate"))
+    return VQGAN3D(TokenizerConfig.preset("tiny"))
 
 
 def roi(batch=2, size=16, seed=0):
@@ -39,10 +33,10 @@ def test_tiny_shapes_and_ranges(tiny, size):
     assert tokens.dtype == torch.int64 and tokens.shape == (2, grid, grid, grid)
     assert torch.equal(tokens, out.tokens)
     assert ((importance > 0) & (importance < 1)).all()
-    if tiny.gated:  # scores of the quantised latent: the tokens alone give them back
-        assert torch.allclose(tiny.importance(tokens), importance, atol=1e-6)
-    elif size == tiny.config.roi_size:  # grade logits from the score-weighted features
+    if size == tiny.config.roi_size:  # grade logits from the score-weighted features
         assert out.grade_logits.shape == (2, tiny.config.num_classes)
+    else:  # the head is built for the configured grid; other sizes still encode
+        assert out.grade_logits is None
     volume = tiny.decode(tokens)
     assert volume.shape == x.shape and volume.min() >= -1 and volume.max() <= 1
     assert torch.allclose(volume, out.reconstruction.clamp(-1, 1), atol=1e-5)
@@ -84,16 +78,16 @@ def test_quantizer_loss_trains_the_codebook(tiny):
     assert tiny.quantizer.codebook.grad.abs().sum() > 0
 
 
-def test_importance_is_differentiable(gated):
-    out = gated(roi())
+def test_importance_is_differentiable_from_features_and_from_tokens(tiny):
+    out = tiny(roi())
     assert ((out.importance > 0) & (out.importance < 1)).all()
     out.importance.sum().backward()
-    assert gated.importance_head.out.weight.grad.abs().sum() > 0
-    assert gated.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert tiny.importance_head.out.weight.grad.abs().sum() > 0
+    assert tiny.encoder.conv_in.weight.grad.abs().sum() > 0
     tokens = out.tokens.detach()
-    gated.zero_grad()
-    gated.importance(tokens).mean().backward()
-    assert gated.importance_head.conv1.weight.grad.abs().sum() > 0
+    tiny.zero_grad()
+    tiny.importance(tokens).mean().backward()  # generated grids: code vectors stand in
+    assert tiny.importance_head.conv.weight.grad.abs().sum() > 0
 
 
 def test_classifier_scores_weight_the_grade_head_and_leave_the_decoder_alone():
@@ -109,27 +103,6 @@ def test_classifier_scores_weight_the_grade_head_and_leave_the_decoder_alone():
     assert torch.equal(model.decode(tokens), VQGAN3D.decode(model, tokens))
     z_q = model.quantizer.embed(tokens)
     assert torch.allclose(model.decode(tokens), model.decoder(z_q).clamp(-1, 1))
-
-
-def test_importance_can_start_at_a_budget():
-    model = VQGAN3D(TokenizerConfig.preset("tiny", importance="gate"))
-    model.importance_head.start_at(0.1)
-    importance = model(roi()).importance
-    assert abs(importance.mean().item() - 0.1) < 0.05
-
-
-def test_importance_gates_the_decoder(gated):
-    z = gated.quantizer.embed(torch.randint(0, 64, (1, 4, 4, 4)))
-    with torch.no_grad():
-        gated.importance_head.out.bias.fill_(-50.0)
-        gate_input, s = gated.gate(z)
-    assert s.max() < 1e-6
-    assert torch.allclose(gate_input, gated.coarse(z), atol=1e-6)
-    assert torch.allclose(
-        gated.coarse(z)[..., :2, :2, :2],
-        z[..., :2, :2, :2].mean((2, 3, 4), True).expand(-1, -1, 2, 2, 2),
-        atol=1e-6,
-    )
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):
@@ -159,14 +132,22 @@ def test_dead_codes_restart_onto_encoder_outputs():
 def test_bad_inputs_raise_clear_errors(tiny):
     with pytest.raises(DataError, match="expected \\(B, 1, D, H, W\\)"):
         tiny(torch.zeros(1, 2, 16, 16, 16))
-    with pytest.raises(DataError, match="multiples of 8"):
-        tiny.encode(torch.zeros(1, 1, 12, 12, 12))
+    with pytest.raises(DataError, match="multiples of 4"):
+        tiny.encode(torch.zeros(1, 1, 14, 14, 14))
     with pytest.raises(DataError, match="ids must be in"):
         tiny.decode(torch.full((1, 4, 4, 4), 64))
     with pytest.raises(ConfigError, match=r"TokenizerConfig\.roi_size"):
-        TokenizerConfig.preset("tiny", roi_size=20)
+        TokenizerConfig.preset("tiny", roi_size=18)
     with pytest.raises(ConfigError, match=r"unknown field.*importance_budget"):
         TokenizerConfig.from_dict({"importance_budget": 0.25})
+    with pytest.raises(ConfigError, match="importance='gate' was removed"):
+        TokenizerConfig.from_dict({"importance": "gate", "coarse_pool": 2})
+    legacy = {
+        **TokenizerConfig.preset("tiny").to_dict(),
+        "importance": "classifier",
+        "coarse_pool": 2,
+    }
+    assert TokenizerConfig.from_dict(legacy) == TokenizerConfig.preset("tiny")
 
 
 def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):

@@ -195,10 +195,9 @@ class TokenizerConfig(Config):
     """Stage 1 (`tumoraug.models.vqgan.VQGAN3D`): architecture and codebook only.
 
     How it is trained (loss weights, discriminator, codebook restarts) is the
-    `tumoraug.training.tokenizer.TokenizerRecipe`. ``importance`` picks the importance
-    scores (`tumoraug.models.importance`): ``"classifier"`` (the paper's) or ``"gate"``;
-    ``importance_hidden`` is the width of the classifier head, or of the gate's convolutions;
-    ``coarse_pool`` is the gate's pooling. The encoder halves the ROI once per
+    `tumoraug.training.tokenizer.TokenizerRecipe`. ``importance_hidden`` is the width of the
+    grade classifier head behind the importance scores (`tumoraug.models.importance`). The
+    encoder halves the ROI once per
     entry of ``channel_mult`` after the first, so the token grid is
     ``roi_size / 2**(len(channel_mult) - 1)`` per axis. Widths of the ``brats128`` preset
     and why: see ``docs/tokenizer.md``.
@@ -214,10 +213,8 @@ class TokenizerConfig(Config):
     norm_groups: int = 8
     embed_dim: int = 16
     codebook_size: int = 1024
-    importance: str = "classifier"
     importance_hidden: int = 256
     num_classes: int = 2
-    coarse_pool: int = 2
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "brats128": {"importance_hidden": 64},
@@ -247,6 +244,21 @@ class TokenizerConfig(Config):
         },
     }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
+        """`Config.from_dict`, also for tokenizers saved while the importance map was a
+        choice (``importance``, ``coarse_pool``): ``"classifier"``, the only map now, loads;
+        the removed ``"gate"`` is refused with the reason."""
+        if isinstance(data, dict) and {"importance", "coarse_pool"} & set(data):
+            if data.get("importance", "classifier") != "classifier":
+                raise ConfigError(
+                    f"TokenizerConfig: importance={data['importance']!r} was removed (the "
+                    "decoder gate lost to the paper's importance map, docs/results.md); this "
+                    "tokenizer cannot be loaded by this tumoraug: retrain it"
+                )
+            data = {k: v for k, v in data.items() if k not in ("importance", "coarse_pool")}
+        return super().from_dict(data)
+
     @property
     def downsample_factor(self) -> int:
         """Voxels per token along each axis."""
@@ -262,7 +274,7 @@ class TokenizerConfig(Config):
         name = "TokenizerConfig"
         positive = (
             "in_channels", "roi_size", "base_channels", "num_res_blocks", "norm_groups",
-            "embed_dim", "importance_hidden", "coarse_pool", "num_classes",
+            "embed_dim", "importance_hidden", "num_classes",
         )  # fmt: skip
         for field in positive:
             value = getattr(self, field)
@@ -273,20 +285,12 @@ class TokenizerConfig(Config):
             name, "channel_mult", "a non-empty tuple of positive ints", self.channel_mult,
         )  # fmt: skip
         check(
-            self.roi_size % (self.downsample_factor * self.coarse_pool) == 0,
-            name, "roi_size",
-            f"a multiple of downsample_factor * coarse_pool = "
-            f"{self.downsample_factor * self.coarse_pool}",
+            self.roi_size % self.downsample_factor == 0,
+            name, "roi_size", f"a multiple of downsample_factor = {self.downsample_factor}",
             self.roi_size,
         )  # fmt: skip
         check(
             isinstance(self.num_mid_blocks, int) and self.num_mid_blocks >= 0,
             name, "num_mid_blocks", "an int >= 0", self.num_mid_blocks,
-        )  # fmt: skip
-        check(
-            self.importance in ("classifier", "gate"),
-            name, "importance",
-            "'classifier' (grade saliency of the encoder features) or 'gate' (decoder gate)",
-            self.importance,
         )  # fmt: skip
         check(self.num_classes >= 2, name, "num_classes", "an int >= 2", self.num_classes)

@@ -16,10 +16,8 @@ Choices that differ from the 2D Taming VQGAN (reasons in ``docs/tokenizer.md``):
   ordinary parameters trained by the optimizer, so data-parallel training needs no extra
   synchronisation and resume needs no extra state; dead codes are restarted from encoder
   outputs.
-* every token gets an **importance score** (``importance="classifier"``: the paper's
-  class-discriminative saliency of the pre-quantisation features, the decoder untouched;
-  ``"gate"``: the decoder sees ``s * z_q + (1 - s) * coarse(z_q)``, see
-  `tumoraug.models.importance`).
+* every token gets an **importance score**: the paper's class-discriminative saliency of
+  the pre-quantisation features (`tumoraug.models.importance`); the decoder does not see it.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from tumoraug.checkpoint import PretrainedMixin
 from tumoraug.config import TokenizerConfig
 from tumoraug.errors import DataError
-from tumoraug.models.importance import GateScorer, GradeClassifierHead, SaliencyScorer
+from tumoraug.models.importance import GradeClassifierHead, SaliencyScorer
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -308,7 +306,7 @@ class VQGANOutput:
 
 
 class VQGAN3D(PretrainedMixin, nn.Module):
-    """The stage-1 tokenizer: `Encoder3D` -> `VectorQuantizer` -> gated `Decoder3D`.
+    """The stage-1 tokenizer: `Encoder3D` -> `VectorQuantizer` -> `Decoder3D`, with importance.
 
     Inference API: ``encode(x) -> (tokens, importance)``, ``decode(tokens) -> volume`` in
     [-1, 1], ``importance(tokens)``; ``forward(x)`` returns a `VQGANOutput` for training.
@@ -322,58 +320,31 @@ class VQGAN3D(PretrainedMixin, nn.Module):
         self.config = config
         self.encoder = Encoder3D(config)
         self.quantizer = VectorQuantizer(config.codebook_size, config.embed_dim)
-        self.importance_head: nn.Module
-        self.grade_head: GradeClassifierHead | None = None
-        if config.importance == "classifier":
-            self.importance_head = SaliencyScorer(config.embed_dim)
-            tokens = math.prod(config.token_grid)
-            self.grade_head = GradeClassifierHead(
-                config.embed_dim, tokens, config.importance_hidden, config.num_classes
-            )
-        else:
-            self.importance_head = GateScorer(config.embed_dim, config.importance_hidden)
+        self.importance_head = SaliencyScorer(config.embed_dim)
+        self.grade_head = GradeClassifierHead(
+            config.embed_dim, math.prod(config.token_grid), config.importance_hidden,
+            config.num_classes,
+        )  # fmt: skip
         self.decoder = Decoder3D(config)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        f, c = self.config.downsample_factor * self.config.coarse_pool, self.config.in_channels
+        f, c = self.config.downsample_factor, self.config.in_channels
         if x.ndim != 5 or x.shape[1] != c or any(s % f for s in x.shape[2:]):
             raise DataError(
                 f"VQGAN3D input: expected (B, {c}, D, H, W) with D, H, W multiples of {f}, "
                 f"got {tuple(x.shape)}"
             )
 
-    @property
-    def gated(self) -> bool:
-        """Whether the decoder sees importance-gated latents (``importance="gate"``)."""
-        return self.config.importance == "gate"
-
-    def coarse(self, z_q: torch.Tensor) -> torch.Tensor:
-        """Low-detail latent: ``z_q`` averaged over ``coarse_pool``³ tokens, upsampled back."""
-        pool = self.config.coarse_pool
-        return F.interpolate(F.avg_pool3d(z_q, pool), scale_factor=float(pool), mode="nearest")
-
-    def gate(self, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder input ``s * z_q + (1 - s) * z_coarse`` and the scores ``s`` (gate mode)."""
-        s = self.importance_head(z_q)
-        return s.unsqueeze(1) * z_q + (1.0 - s.unsqueeze(1)) * self.coarse(z_q), s
-
-    def _decoder_input(self, z_e: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(decoder input, scores): gated by the quantised latent, or plain with scores of
-        the pre-quantisation features (classifier mode)."""
-        if self.gated:
-            return self.gate(z_q)
-        return z_q, self.importance_head(z_e)
-
     def forward(self, x: torch.Tensor) -> VQGANOutput:
         self._check_input(x)
         z_e = self.encoder(x)
         q = self.quantizer(z_e)
-        decoder_input, s = self._decoder_input(z_e, q.z_q.to(z_e.dtype))
+        s = self.importance_head(z_e)
         # The grade head is built for the configured token grid; other ROI sizes still encode.
         fits = tuple(z_e.shape[2:]) == tuple(self.config.token_grid)
-        logits = self.grade_head(z_e, s) if self.grade_head is not None and fits else None
+        logits = self.grade_head(z_e, s) if fits else None
         return VQGANOutput(
-            reconstruction=self.decoder(decoder_input),
+            reconstruction=self.decoder(q.z_q.to(z_e.dtype)),
             tokens=q.tokens,
             importance=s,
             grade_logits=logits,
@@ -388,19 +359,16 @@ class VQGAN3D(PretrainedMixin, nn.Module):
         """ROIs ``(B, C, S, S, S)`` -> tokens ``(B, d, h, w)`` long, importance in (0, 1)."""
         self._check_input(x)
         z_e = self.encoder(x)
-        q = self.quantizer(z_e)
-        return q.tokens, self._decoder_input(z_e, q.z_q.to(z_e.dtype))[1]
+        return self.quantizer(z_e).tokens, self.importance_head(z_e)
 
     def importance(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Importance scores ``(B, d, h, w)`` of any token grid, e.g. a generated one; in
-        classifier mode the code vectors stand in for the pre-quantisation features."""
+        """Importance scores ``(B, d, h, w)`` of any token grid, e.g. a generated one; the code
+        vectors stand in for the pre-quantisation features."""
         return self.importance_head(self.quantizer.embed(tokens))
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, d, h, w)`` -> ROIs ``(B, C, S, S, S)`` clamped to [-1, 1]."""
-        z_q = self.quantizer.embed(tokens)
-        decoder_input = self.gate(z_q)[0] if self.gated else z_q
-        return self.decoder(decoder_input).clamp(-1.0, 1.0)
+        return self.decoder(self.quantizer.embed(tokens)).clamp(-1.0, 1.0)
 
     @property
     def last_layer(self) -> torch.Tensor:

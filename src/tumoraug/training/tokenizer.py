@@ -13,10 +13,6 @@ are recipe fields)::
            + [step >= disc_start] * lambda * (-mean D(x_rec))
     L_vq   = (1 - classifier_weight) * L_rec
            + classifier_weight * CE(grade logits, y; label_smoothing, class weights)
-                                                        (importance="classifier")
-    L_vq   = L_rec + importance_weight * mean_b (mean(s_b) - importance_budget)²
-           + importance_tumor_weight * mean (s - tumor fraction per token)²
-                                                        (importance="gate")
     L_D    = hinge(D(x), D(x_rec))                      (from disc_start on)
 
 With ``balance_classes`` the cross-entropy weighs each grade by the inverse of its share of
@@ -62,7 +58,7 @@ from tumoraug.viz import save_montage
 
 @dataclasses.dataclass
 class TokenizerRecipe(Config):
-    """How stage 1 is trained: loss weights, importance budget, discriminator, restarts.
+    """How stage 1 is trained: loss weights, grade classification, discriminator, restarts.
 
     See the module docstring for the loss; ``disc_channels``/``disc_layers`` build the
     `PatchDiscriminator3D` (a training-only network: it is not saved with the tokenizer),
@@ -72,9 +68,6 @@ class TokenizerRecipe(Config):
 
     commitment_beta: float = 0.25
     restart_every: int = 100
-    importance_budget: float = 0.25
-    importance_weight: float = 1.0
-    importance_tumor_weight: float = 0.1
     recon_weight: float = 1.0
     perceptual_weight: float = 0.0
     disc_channels: int = 32
@@ -99,12 +92,7 @@ class TokenizerRecipe(Config):
         for field in ("restart_every", "disc_start"):
             value = getattr(self, field)
             check(isinstance(value, int) and value >= 0, name, field, "an int >= 0", value)
-        check(0 < self.importance_budget < 1, name, "importance_budget", "in (0, 1)",
-              self.importance_budget)  # fmt: skip
-        for field in (
-            "commitment_beta", "importance_weight", "importance_tumor_weight", "recon_weight",
-            "perceptual_weight", "disc_weight",
-        ):  # fmt: skip
+        for field in ("commitment_beta", "recon_weight", "perceptual_weight", "disc_weight"):
             value = getattr(self, field)
             check(value >= 0, name, field, "a number >= 0", value)
         for field in ("classifier_weight", "label_smoothing"):
@@ -180,8 +168,6 @@ class TokenizerTask(TrainingTask):
         self.recipe = recipe
         self.lr = lr
         r = recipe
-        if model.gated:
-            model.importance_head.start_at(r.importance_budget)
         self.class_weights = grade_weights(
             class_counts, model.config.num_classes, r.balance_classes
         )
@@ -217,8 +203,8 @@ class TokenizerTask(TrainingTask):
         return optimizers
 
     def training_step(self, batch: Any, ctx: StepContext) -> StepOutput:
-        c, r = self.config, self.recipe
-        image, seg, labels = batch
+        r = self.recipe
+        image, _, labels = batch
         out = ctx.modules["tokenizer"](image)
         rec = out.reconstruction
         l1 = (image - rec.float()).abs().mean()
@@ -250,15 +236,6 @@ class TokenizerTask(TrainingTask):
             )
             loss = (1 - r.classifier_weight) * loss + r.classifier_weight * grade_loss
             metrics |= {"grade_loss": grade_loss, **per_grade_means(hit, labels, "grade_acc")}
-        else:
-            budget = (s.mean(dim=(1, 2, 3)) - r.importance_budget).pow(2).mean()
-            loss = loss + r.importance_weight * budget
-            metrics["budget"] = budget
-            if r.importance_tumor_weight > 0:
-                fraction = F.avg_pool3d((seg > 0).float(), c.downsample_factor).squeeze(1)
-                align = (s - fraction).pow(2).mean()
-                loss = loss + r.importance_tumor_weight * align
-                metrics["align"] = align
         losses = {"tokenizer": loss, **losses}  # backward order: tokenizer, then discriminator
         metrics |= {"perplexity": out.perplexity, "batch_codes_used": out.fraction_used}
         self._last_z_e = out.z_e.detach()
