@@ -10,8 +10,9 @@
 #      grade-balanced loss;
 #   3. MMD x 1e4, MS-SSIM and intensity statistics per grade, sample seeds 0, 1, 2, against
 #      100 held-out phantoms (seed 1) that no model saw; the downstream sweeps of `evaluate`.
-# The gate-importance arms of docs/results.md were run with this script at commit PRE_REMOVAL_COMMIT,
-# before the gate was removed.
+# The gate-importance arms of docs/results.md ran at commit bb537bf, the last with the gate:
+# scripts/tokenizer_quality.py --importance gate (4000 steps), then train_demo_model.py on
+# that tokenizer with --topk-ratio 0 / 0.25 --validation, as for the arms below.
 # Usage, inside the project's venv (python and tumoraug on PATH), from the repository root:
 #   bash scripts/run_experiments.sh [WORK_DIR]   (default /tmp/exp10)
 # Every step is skipped when its output exists, and every training run resumes from its last
