@@ -8,7 +8,7 @@ model at ``src/tumoraug/pretrained/demo`` was made with::
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq2 --preset small32 \\
         --steps 4000 --batch-size 4 --lr 5e-4
     OMP_NUM_THREADS=1 python scripts/train_demo_model.py \\
-        --tokenizer /tmp/tokq2/run_small32_classifier_s4000/tokenizer --data /tmp/tokq2/cache32 \\
+        --tokenizer /tmp/tokq2/run_small32_s4000/tokenizer --data /tmp/tokq2/cache32 \\
         --out /tmp/exp10/classifier_topk0.25 --topk-ratio 0.25 --steps 1500 --batch-size 16 \\
         --ship src/tumoraug/pretrained/demo
 
