@@ -200,6 +200,31 @@ def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path)
         train_transformer(config, corpus, tmp_path / "y", train, validation=tmp_path / "nowhere")
 
 
+class AlwaysZero(torch.nn.Module):
+    """A stand-in transformer that predicts code 0 everywhere."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def forward(self, tokens, labels):
+        logits = torch.zeros(*tokens.shape, self.config.codebook_size)
+        logits[..., 0] = 1.0
+        return logits
+
+
+def test_validation_per_grade_means_cover_every_batch():
+    """Grades sorted across validation batches (the second holds LGG only): each grade's
+    accuracy is over all of its tokens, so a model that is always right scores 1 in both."""
+    corpus = random_corpus(n=40)
+    corpus.tokens = torch.zeros_like(corpus.tokens)
+    corpus.labels = torch.tensor([1] * 20 + [0] * 20)
+    model = AlwaysZero(TransformerConfig.preset("tiny", **TINY, codebook_size=64))
+    task = TransformerTask(model, TransformerRecipe(), lr=1e-3, validation=corpus)
+    scores = task.validate(model, torch.device("cpu"))
+    assert scores["val_accuracy"] == scores["val_accuracy/LGG"] == scores["val_accuracy/HGG"] == 1
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="TokenCorpus"):
         train_transformer("tiny", 42, tmp_path)

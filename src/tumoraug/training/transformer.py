@@ -94,6 +94,17 @@ class TransformerRecipe(Config):
         return cls.preset(name) if name in cls.presets else cls()
 
 
+@dataclasses.dataclass
+class ScoredBatch:
+    """Stage-2 predictions at the corrupted positions of a batch (see `TransformerTask.score`)."""
+
+    per_token: torch.Tensor  # (M,) cross-entropy of each corrupted token
+    hit: torch.Tensor  # (M,) 1.0 where the prediction is the original token
+    grade: torch.Tensor  # (M,) class label of each corrupted token's grid
+    masked: torch.Tensor  # (B, d, h, w) bool: [MASK] positions
+    corrupted: torch.Tensor  # (B, d, h, w) bool: [MASK] or random-code positions
+
+
 VALIDATION_CORPUS_NAME = "validation_corpus.safetensors"
 VALIDATION_SEED = 20_231
 VALIDATION_BATCH = 32
@@ -147,16 +158,20 @@ class TransformerTask(TrainingTask):
         return {"transformer": optimizer}
 
     def training_step(self, batch: Any, ctx: StepContext) -> StepOutput:
-        loss, metrics = self.objective(ctx.modules["transformer"], batch, ctx.rng(0), "accuracy")
-        return StepOutput({"transformer": loss}, metrics)
+        scored = self.score(ctx.modules["transformer"], batch, ctx.rng(0))
+        metrics: dict[str, Any] = {
+            "masked_fraction": scored.masked.float().mean(),
+            "corrupted_fraction": scored.corrupted.float().mean(),
+            **per_grade_means(scored.hit, scored.grade, "accuracy"),
+        }
+        return StepOutput({"transformer": self.weighted_loss(scored)}, metrics)
 
-    def objective(
-        self, model: nn.Module, batch: Any, rng: torch.Generator, name: str, *, train: bool = True
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Corrupt a batch with the recipe's masking and score the predictions: the
-        grade-weighted cross-entropy at the corrupted positions, and the corrupted share and
-        token accuracy (``name``, overall and per grade). ``train=False``: no class dropout
-        (held-out grids are scored with their own grade)."""
+    def score(
+        self, model: nn.Module, batch: Any, rng: torch.Generator, *, train: bool = True
+    ) -> ScoredBatch:
+        """Corrupt a batch with the recipe's masking and score the predictions at the
+        corrupted positions. ``train=False``: no class dropout (held-out grids are scored
+        with their own grade)."""
         c, r = self.config, self.recipe
         tokens, importance, labels = batch
         corrupted, masked, replaced = corrupt(
@@ -178,17 +193,16 @@ class TransformerTask(TrainingTask):
         target_mask = masked | replaced
         grade = labels[:, None, None, None].expand_as(tokens)[target_mask]  # (M,)
         chosen, target = logits[target_mask].float(), tokens[target_mask]
-        per_token = F.cross_entropy(chosen, target, reduction="none")
-        weight = self.class_weights.to(per_token.device)[grade]
-        loss = (per_token * weight).sum() / weight.sum()
-        metrics: dict[str, Any] = {}
-        if train:
-            metrics["masked_fraction"] = masked.float().mean()
-            metrics["corrupted_fraction"] = target_mask.float().mean()
         with torch.no_grad():
             hit = (chosen.argmax(-1) == target).float()
-            metrics |= per_grade_means(hit, grade, name)
-        return loss, metrics
+        return ScoredBatch(
+            F.cross_entropy(chosen, target, reduction="none"), hit, grade, masked, target_mask
+        )
+
+    def weighted_loss(self, scored: ScoredBatch) -> torch.Tensor:
+        """Cross-entropy over the corrupted tokens, each grade weighed by `grade_weights`."""
+        weight = self.class_weights.to(scored.per_token.device)[scored.grade]
+        return (scored.per_token * weight).sum() / weight.sum()
 
     def after_step(self, ctx: StepContext) -> dict[str, float]:
         if self.validation is None or not ctx.logged:
@@ -197,27 +211,34 @@ class TransformerTask(TrainingTask):
 
     @torch.no_grad()
     def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        """Loss and token accuracy on the held-out grids, under the same corruption draws at
-        every call (a fixed seed), so that the curve moves only when the model does."""
+        """Loss and token accuracy (overall and per grade, over all corrupted tokens) on the
+        held-out grids, under the same corruption draws at every call (a fixed seed), so
+        that the curve moves only when the model does."""
         assert self.validation is not None
+        corpus = self.validation
         was_training = model.training
         model.eval()
         rng = torch.Generator(device).manual_seed(VALIDATION_SEED)
-        sums: dict[str, float] = {}
+        parts: list[ScoredBatch] = []
         try:
-            for start in range(0, len(self.validation), VALIDATION_BATCH):
-                items = range(start, min(start + VALIDATION_BATCH, len(self.validation)))
-                corpus = self.validation
+            for start in range(0, len(corpus), VALIDATION_BATCH):
+                index = list(range(start, min(start + VALIDATION_BATCH, len(corpus))))
                 batch = tuple(
-                    t[list(items)].to(device)
-                    for t in (corpus.tokens, corpus.importance, corpus.labels)
+                    t[index].to(device) for t in (corpus.tokens, corpus.importance, corpus.labels)
                 )
-                loss, metrics = self.objective(model, batch, rng, "val_accuracy", train=False)
-                for key, value in {"val_loss": loss, **metrics}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * len(items)
+                parts.append(self.score(model, batch, rng, train=False))
         finally:
             model.train(was_training)
-        return {key: value / len(self.validation) for key, value in sums.items()}
+        merged = ScoredBatch(
+            *(
+                torch.cat([getattr(p, f.name).flatten() for p in parts])
+                for f in dataclasses.fields(ScoredBatch)
+            )
+        )
+        metrics = per_grade_means(merged.hit, merged.grade, "val_accuracy")
+        return {"val_loss": float(self.weighted_loss(merged))} | {
+            k: float(v) for k, v in metrics.items()
+        }
 
     def save_images(self, batch: Any, ctx: StepContext, path: Path) -> None:
         if self.tokenizer is None:
