@@ -11,6 +11,24 @@ def test_info_prints_versions():
     assert "torch" in result.output
 
 
+def test_info_reports_optional_extras(monkeypatch):
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("monai") is not None:
+        assert "extra 'monai'" in CliRunner().invoke(app, ["info"]).output
+    real = importlib.metadata.version
+
+    def without_monai(name):
+        if name == "monai":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", without_monai)
+    output = CliRunner().invoke(app, ["info"]).output
+    assert 'monai: not installed (pip install "tumoraug[monai]")' in output
+
+
 def test_version_flag_prints_the_version_and_stops():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0, result.output

@@ -41,17 +41,29 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+OPTIONAL_EXTRAS = {"monai": "monai"}
+"""Optional extras of tumoraug and the package each one brings."""
+
+
 def environment_report() -> list[str]:
-    """One line each: tumoraug, Python, torch (and whether CUDA is there), TorchIO."""
+    """One line each: tumoraug, Python, torch (and whether CUDA is there), TorchIO, and each
+    optional extra, installed (with its version) or missing (with the command that adds it)."""
+    import importlib.metadata
     import platform
 
     import torchio
 
     from tumoraug.version import __version__
 
-    return [
+    lines = [
         f"tumoraug {__version__}",
         f"python {platform.python_version()}",
         f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()})",
         f"torchio {torchio.__version__}",
     ]
+    for extra, package in OPTIONAL_EXTRAS.items():
+        try:
+            lines.append(f"{package} {importlib.metadata.version(package)} (extra {extra!r})")
+        except importlib.metadata.PackageNotFoundError:
+            lines.append(f'{package}: not installed (pip install "tumoraug[{extra}]")')
+    return lines
