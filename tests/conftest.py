@@ -37,6 +37,14 @@ def tiny_model_dir(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir):
+    """The `tiny_model_dir` generator, loaded once per test module (CPU)."""
+    from tumoraug.generator import TumorGenerator
+
+    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """Return ``put(folder, repo_id)``: copies a folder into a local HF cache as that repo's

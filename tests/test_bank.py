@@ -20,11 +20,6 @@ FAST = SamplingConfig(steps=2)
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_model_dir):
-    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def reference(generator):
     """What the generator makes for items 0..5 of seed 11 (float32, as the dataset serves)."""
     ds = SyntheticTumorDataset(generator, 6, seed=11, sampling=FAST)

@@ -16,11 +16,6 @@ S = 16
 FAST = SamplingConfig(steps=2)
 
 
-@pytest.fixture(scope="module")
-def generator(tiny_model_dir):
-    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
-
-
 def test_item_is_a_pure_function_of_seed_and_index(generator):
     ds = SyntheticTumorDataset(generator, 6, seed=7, block_size=4, sampling=FAST)
     one = ds[5]

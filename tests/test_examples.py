@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from extras import require_extra
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -39,11 +38,7 @@ def test_torchio_pipeline():
 
 
 def test_monai_pipeline():
-    """Skipped where MONAI is not installed, except in CI, which installs the extra."""
-    if os.environ.get("CI"):
-        importlib.import_module("monai")
-    else:
-        pytest.importorskip("monai")
+    require_extra("monai")
     out = run_example("monai_pipeline.py", "--workers", "0")
     assert "6 real ROIs, bank of 4 synthetic ROIs (1, 32, 32, 32)" in out
     assert "items replaced by a synthetic ROI (prob=0.5)" in out

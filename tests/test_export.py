@@ -14,14 +14,8 @@ from tumoraug import SamplingConfig
 from tumoraug.augment import SyntheticBank
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.export import generate_to_folder, model_card, nifti_bytes, write_samples
-from tumoraug.generator import TumorGenerator
 
 FAST = SamplingConfig(steps=2)
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_model_dir):
-    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
 
 
 def test_nifti_bytes_are_reproducible_and_keep_channels(tmp_path):

@@ -21,18 +21,12 @@ from tumoraug.augment import (
 from tumoraug.augment.storage import INT16_SCALE
 from tumoraug.errors import ConfigError
 from tumoraug.export import generate_to_folder
-from tumoraug.generator import TumorGenerator
 from tumoraug.sampling import per_sample_seeds
 
 S = 16
 SEED = 5
 LABELS = [1, 0, 0, 1, 1]
 SAMPLING = SamplingConfig(steps=2)
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_model_dir):
-    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,12 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import numpy as np
 import pytest
 import torch
 
+from extras import require_extra
 from tumoraug.metrics import MS_SSIM_WEIGHTS, mmd, ms_ssim_3d, ms_ssim_scales
-
-
-def monai_metrics():
-    """`monai.metrics`; skipped where MONAI is not installed, except in CI, which has it."""
-    if os.environ.get("CI"):
-        return importlib.import_module("monai.metrics")
-    return pytest.importorskip("monai.metrics")
 
 
 def pair(size: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +31,7 @@ def pair(size: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Te
 
 @pytest.mark.parametrize(("size", "noise"), [(32, 0.1), (48, 0.3), (48, 1.0)])
 def test_ms_ssim_matches_monai(size, noise):
-    metrics = monai_metrics()
+    metrics = require_extra("monai.metrics")
     x, y = pair(size, noise)
     scales = ms_ssim_scales(x.shape[2:])
     weights = [w / sum(MS_SSIM_WEIGHTS[:scales]) for w in MS_SSIM_WEIGHTS[:scales]]

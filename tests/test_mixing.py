@@ -11,15 +11,9 @@ from torch.utils.data import DataLoader
 from tumoraug import SamplingConfig
 from tumoraug.augment import MixedDataset, SyntheticThenReal, SyntheticTumorDataset, mix
 from tumoraug.errors import ConfigError, DataError
-from tumoraug.generator import TumorGenerator
 
 S = 16
 FAST = SamplingConfig(steps=2)
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_model_dir):
-    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
 
 
 def real_subjects(n: int, size: int = S) -> tio.SubjectsDataset:

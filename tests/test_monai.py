@@ -5,31 +5,23 @@ Skipped where MONAI is not installed, except in CI, which installs the ``monai``
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import numpy as np
 import pytest
 import torch
 
+from extras import require_extra
 from tumoraug import SamplingConfig
 from tumoraug.augment import GeneratorSource, SyntheticBank, SyntheticTumorDataset
 from tumoraug.errors import ConfigError, DataError, LabelError
-from tumoraug.generator import TumorGenerator
 from tumoraug.labels import GRADES, to_label
 
-monai = importlib.import_module("monai") if os.environ.get("CI") else pytest.importorskip("monai")
+monai = require_extra("monai")
 
 from tumoraug.augment.monai import RandSyntheticReplaced, SyntheticReplaced  # noqa: E402
 
 S = 16
 FAST = SamplingConfig(steps=2)
 AFFINE = torch.diag(torch.tensor([1.5, 1.5, 2.0, 1.0], dtype=torch.float64))
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_model_dir):
-    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,6 @@ FAST = SamplingConfig(steps=2)
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_model_dir):
-    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def bank(generator, tmp_path_factory):
     path = tmp_path_factory.mktemp("bank") / "bank.npy"
     return SyntheticBank.build(generator, 4, None, path, seed=0, sampling=FAST)

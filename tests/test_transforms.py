@@ -16,16 +16,10 @@ from tumoraug.augment import (
     SyntheticReplace,
 )
 from tumoraug.errors import ConfigError, DataError, LabelError
-from tumoraug.generator import TumorGenerator
 
 S = 16
 FAST = SamplingConfig(steps=2)
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
-
-
-@pytest.fixture(scope="module")
-def generator(tiny_model_dir):
-    return TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

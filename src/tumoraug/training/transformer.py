@@ -164,7 +164,8 @@ class TransformerTask(TrainingTask):
             "corrupted_fraction": scored.corrupted.float().mean(),
             **per_grade_means(scored.hit, scored.grade, "accuracy"),
         }
-        return StepOutput({"transformer": self.weighted_loss(scored)}, metrics)
+        loss = self.weighted_loss(scored.per_token, scored.grade)
+        return StepOutput({"transformer": loss}, metrics)
 
     def score(
         self, model: nn.Module, batch: Any, rng: torch.Generator, *, train: bool = True
@@ -199,10 +200,10 @@ class TransformerTask(TrainingTask):
             F.cross_entropy(chosen, target, reduction="none"), hit, grade, masked, target_mask
         )
 
-    def weighted_loss(self, scored: ScoredBatch) -> torch.Tensor:
-        """Cross-entropy over the corrupted tokens, each grade weighed by `grade_weights`."""
-        weight = self.class_weights.to(scored.per_token.device)[scored.grade]
-        return (scored.per_token * weight).sum() / weight.sum()
+    def weighted_loss(self, per_token: torch.Tensor, grade: torch.Tensor) -> torch.Tensor:
+        """Mean of the per-token cross-entropy, each grade weighed by `grade_weights`."""
+        weight = self.class_weights.to(per_token.device)[grade]
+        return (per_token * weight).sum() / weight.sum()
 
     def after_step(self, ctx: StepContext) -> dict[str, float]:
         if self.validation is None or not ctx.logged:
@@ -229,14 +230,12 @@ class TransformerTask(TrainingTask):
                 parts.append(self.score(model, batch, rng, train=False))
         finally:
             model.train(was_training)
-        merged = ScoredBatch(
-            *(
-                torch.cat([getattr(p, f.name).flatten() for p in parts])
-                for f in dataclasses.fields(ScoredBatch)
-            )
+        per_token, hit, grade = (
+            torch.cat([getattr(part, name) for part in parts])
+            for name in ("per_token", "hit", "grade")
         )
-        metrics = per_grade_means(merged.hit, merged.grade, "val_accuracy")
-        return {"val_loss": float(self.weighted_loss(merged))} | {
+        metrics = per_grade_means(hit, grade, "val_accuracy")
+        return {"val_loss": float(self.weighted_loss(per_token, grade))} | {
             k: float(v) for k, v in metrics.items()
         }
 
