@@ -8,6 +8,8 @@ the grade accuracy of the importance head.
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --steps 1500
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --preset small32 \
         --steps 4500 --batch-size 4 --lr-schedule cosine
+    OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --preset small32 \
+        --steps 4000 --batch-size 4 --set codebook_size=1024 --set embed_dim=16
 
 Results go to ``<work>/quality.json`` and are printed as a table.
 """
@@ -74,22 +76,31 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--lr-schedule", default="constant", help="constant or cosine.")
     parser.add_argument("--preset", default="tiny", help="TokenizerConfig preset (roi 32).")
+    parser.add_argument("--roi-size", type=int, default=32, help="ROI side in voxels.")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="Override one TokenizerConfig field of the preset (value as JSON); repeatable.",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
 
-    phantoms, cache = args.work / "phantoms", args.work / "cache32"
+    size = args.roi_size
+    phantoms, cache = args.work / "phantoms", args.work / f"cache{size}"
     if not (phantoms / "HGG").is_dir():
         write_phantom_dataset(phantoms, args.per_class, seed=args.seed, shape=(64, 64, 64))
-    preprocess(phantoms, cache, size=32)
+    preprocess(phantoms, cache, size=size)
     dataset = ROIDataset(cache)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
     test = Subset(dataset, order[: args.held_out].tolist())
     train = Subset(dataset, order[args.held_out :].tolist())
 
-    config = TokenizerConfig.preset(args.preset, roi_size=32)
+    config = TokenizerConfig.preset(args.preset, **{"roi_size": size, **overrides})
     recipe = TokenizerRecipe.for_preset(args.preset)
     schedule = "" if args.lr_schedule == "constant" else f"_{args.lr_schedule}"
-    run_dir = args.work / f"run_{args.preset}_s{args.steps}{schedule}"
+    variant = "".join(f"_{k}{v}" for k, v in overrides.items())
+    roi = "" if size == 32 else f"_roi{size}"
+    run_dir = args.work / f"run_{args.preset}{roi}_s{args.steps}{schedule}{variant}"
     run = TrainConfig.preset(
         "tokenizer", steps=args.steps, batch_size=args.batch_size, lr=args.lr, device="cpu",
         lr_schedule=args.lr_schedule, seed=args.seed, checkpoint_every=250, image_every=250,
@@ -102,6 +113,8 @@ def main() -> None:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr_schedule": args.lr_schedule,
+        "roi_size": size,
+        **overrides,
         "train_rois": len(train),
         "train_minutes": round(minutes, 2),
         **held_out_quality(VQGAN3D.from_pretrained(run_dir / "tokenizer"), test),

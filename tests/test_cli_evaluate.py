@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from extras import require_extra
 from tumoraug.cli import app
 
 TINY_CLI = ["--folds", "2", "--run-folds", "1", "--seeds", "0", "--epochs", "1", "--width", "4"]
@@ -39,6 +40,17 @@ def test_cli_evaluate_real_only_prints_the_table(eval_cache, tmp_path):
     assert data["n_real"] == 8 and len(data["runs"]) == 1
     assert len(data["runs"][0]["labels"]) == 4  # one fold of a 2-fold split of 8 subjects
     assert (out / "roc.png").stat().st_size > 0
+
+
+def test_cli_evaluate_with_a_monai_classifier(eval_cache, tmp_path):
+    require_extra("monai")
+    args = ["evaluate", "--data", str(eval_cache), "--classifier", "resnet10"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), *TINY_CLI])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["classifier"]["network"] == "resnet10" and len(data["runs"]) == 1
+    bad = CliRunner().invoke(app, [*args[:3], "--classifier", "vgg", "--out", str(tmp_path)])
+    assert bad.exit_code != 0 and "network" in bad.output and "Traceback" not in bad.output
 
 
 def test_cli_evaluate_with_a_generator_model(eval_cache, tiny_model_dir, tmp_path):

@@ -7,8 +7,16 @@ import pytest
 import torch
 import torchio as tio
 
+from extras import require_extra
 from tumoraug.errors import ConfigError, DataError, TumorAugError
-from tumoraug.evaluation import ClassifierConfig, ResNet3D, predict, train_classifier
+from tumoraug.evaluation import (
+    ClassifierConfig,
+    MonaiClassifier,
+    ResNet3D,
+    build_classifier,
+    predict,
+    train_classifier,
+)
 from tumoraug.evaluation.classifier import item_tensors
 
 TINY = ClassifierConfig.preset("tiny")
@@ -56,3 +64,32 @@ def test_train_then_predict_is_seeded_and_keeps_order():
     assert probs.shape == (6,) and ((probs >= 0) & (probs <= 1)).all()
     np.testing.assert_array_equal(predict(trained(0), items, device="cpu")[1], probs)
     assert not np.array_equal(predict(trained(1), items, device="cpu")[1], probs)
+
+
+def test_network_names_are_checked_and_recorded():
+    with pytest.raises(ConfigError, match="network"):
+        ClassifierConfig(network="vgg")
+    config = ClassifierConfig(network="densenet121")
+    assert ClassifierConfig.from_dict(config.to_dict()).network == "densenet121"
+    legacy = {k: v for k, v in TINY.to_dict().items() if k != "network"}
+    assert ClassifierConfig.from_dict(legacy).network == "tumoraug"
+    assert isinstance(build_classifier(TINY), ResNet3D)
+
+
+@pytest.mark.parametrize("network", ["resnet10", "resnet18", "densenet121"])
+def test_monai_networks_train_and_predict(network):
+    require_extra("monai")
+    config = ClassifierConfig(in_channels=2, network=network)
+    torch.manual_seed(0)
+    model = build_classifier(config)
+    assert isinstance(model, MonaiClassifier)
+    size = 32 if network == "densenet121" else 16
+    if network == "densenet121":
+        with pytest.raises(DataError, match="at least 32 voxels"):
+            model(torch.randn(2, 2, 16, 16, 16))
+    rng = torch.Generator().manual_seed(0)
+    # 5 items in batches of 4 leave a batch of one, which BatchNorm cannot train on
+    items = [(torch.rand(2, size, size, size, generator=rng), i % 2) for i in range(5)]
+    train_classifier(model, items, epochs=1, batch_size=4, device="cpu")
+    labels, probs = predict(model, items, batch_size=4, device="cpu")
+    assert labels.tolist() == [0, 1, 0, 1, 0] and np.isfinite(probs).all()

@@ -143,7 +143,10 @@ def evaluate(
     pretrain_epochs: int | None = o.opt("--pretrain-epochs", "Epochs of pre-training."),
     batch_size: int | None = o.opt("--batch-size", "Classifier batch size."),
     lr: float | None = o.opt("--lr", "AdamW learning rate."),
-    width: int | None = o.opt("--width", "Channels of the classifier's first stage."),
+    classifier: str | None = o.opt(
+        "--classifier", "tumoraug (own ResNet3D; default) or MONAI's resnet10|resnet18|densenet121."
+    ),
+    width: int | None = o.opt("--width", "Channels of tumoraug's classifier's first stage."),
     steps: int | None = o.STEPS,
     guidance: str | None = o.GUIDANCES,
     device: str = o.DEVICE,
@@ -160,7 +163,8 @@ def evaluate(
             hgg_share=hgg_share, ratios=o.number_list(ratios, "--ratios"),
             seeds=o.number_list(seeds, "--seeds", int),
         ),
-        class_ratio=class_ratio, width=width, sampling=o.sampling_config(steps, None, None),
+        class_ratio=class_ratio, width=width, network=classifier,
+        sampling=o.sampling_config(steps, None, None),
         guidance_values=o.number_list(guidance, "--guidance-values"), progress=True,
     )  # fmt: skip
     typer.echo(result.to_markdown(), nl=False)

@@ -13,7 +13,15 @@
 """
 
 from tumoraug.evaluation.arms import ALL_CONDITIONS, CONDITIONS, Arm, build_arms
-from tumoraug.evaluation.classifier import ClassifierConfig, ResNet3D, predict, train_classifier
+from tumoraug.evaluation.classifier import (
+    NETWORKS,
+    ClassifierConfig,
+    MonaiClassifier,
+    ResNet3D,
+    build_classifier,
+    predict,
+    train_classifier,
+)
 from tumoraug.evaluation.paired import compare_arms, paired_comparison, wilcoxon_p
 from tumoraug.evaluation.plots import save_line_plot, save_roc_png
 from tumoraug.evaluation.protocol import (
@@ -31,14 +39,17 @@ from tumoraug.evaluation.splits import Trial, plan_trials, stratified_folds, sub
 __all__ = [
     "ALL_CONDITIONS",
     "CONDITIONS",
+    "NETWORKS",
     "Arm",
     "ClassifierConfig",
+    "MonaiClassifier",
     "ProtocolConfig",
     "ProtocolResult",
     "ResNet3D",
     "SampleReport",
     "Trial",
     "build_arms",
+    "build_classifier",
     "compare_arms",
     "compare_models",
     "evaluate_cache",

@@ -2,6 +2,10 @@
 
 `ResNet3D` is ResNet-10-like (stem + one basic block per stage + linear head) with
 GroupNorm, so that batches of 2 large ROIs train as well as batches of 32 small ones.
+`ClassifierConfig.network` also picks one of MONAI's reference 3D classifiers
+(``resnet10``, ``resnet18``, ``densenet121``; extra ``tumoraug[monai]``), built by
+`build_classifier` with the same interface, so `tumoraug evaluate` numbers can be set
+beside published ones. Which one is the default, and why: ``docs/evaluation.md``.
 `train_classifier` and `predict` read any dataset whose items `item_tensors` understands:
 ``tio.Subject`` items (``image`` + ``label``), batch-like dicts, or ``(image, label)``
 tuples, so a `ROIDataset`, a synthetic dataset or a plain list works.
@@ -23,19 +27,28 @@ from tumoraug.data import subject_tensors
 from tumoraug.device import autocast, resolve_device
 from tumoraug.errors import DataError
 
+NETWORKS = ("tumoraug", "resnet10", "resnet18", "densenet121")
+"""Values of `ClassifierConfig.network`: tumoraug's own `ResNet3D`, then MONAI's networks."""
+DEFAULT_NETWORK = "tumoraug"
+"""The default of `tumoraug evaluate`, chosen by measurement (``docs/evaluation.md``)."""
+
 
 @dataclasses.dataclass
 class ClassifierConfig(Config):
-    """The 3D ResNet: ``base_width`` channels in the first stage, doubled at each next one.
+    """The downstream classifier: which ``network``, and the shape of tumoraug's own.
 
-    ``blocks`` lists the basic blocks per stage: ``(1, 1, 1, 1)`` is the ResNet-10 layout
-    (stem + 4 × 2 convolutions + linear head).
+    ``network="tumoraug"`` is `ResNet3D`: ``base_width`` channels in the first stage,
+    doubled at each next one; ``blocks`` lists the basic blocks per stage (``(1, 1, 1, 1)``
+    is the ResNet-10 layout: stem + 4 × 2 convolutions + linear head). The MONAI networks
+    (see `build_classifier`) have their published widths: ``base_width``, ``blocks`` and
+    ``dropout`` do not apply to them.
     """
 
     in_channels: int = 1
     base_width: int = 16
     blocks: tuple[int, ...] = (1, 1, 1, 1)
     dropout: float = 0.2
+    network: str = DEFAULT_NETWORK
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "resnet10": {},
@@ -44,6 +57,7 @@ class ClassifierConfig(Config):
 
     def validate(self) -> None:
         name = type(self).__name__
+        check(self.network in NETWORKS, name, "network", f"one of {NETWORKS}", self.network)
         check(self.in_channels >= 1, name, "in_channels", "an int >= 1", self.in_channels)
         check(self.base_width >= 1, name, "base_width", "an int >= 1", self.base_width)
         check(
@@ -115,6 +129,50 @@ class ResNet3D(nn.Module):
         return self.head(self.dropout(self.features(x))).squeeze(1)
 
 
+class MonaiClassifier(nn.Module):
+    """One of MONAI's 3D classification networks with one output: (B,C,D,H,W) -> (B,) logits.
+
+    ``resnet10``/``resnet18``: `monai.networks.nets.resnet10`/``resnet18`` with a stride-2
+    stem, as in MedicalNet (MONAI's default stem keeps full resolution, 4–6× the cost on
+    small ROIs); ``densenet121``: `monai.networks.nets.DenseNet121` as published. Both keep
+    MONAI's BatchNorm.
+    """
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        try:
+            from monai.networks import nets
+        except ImportError as error:
+            raise ImportError(
+                f"classifier network {config.network!r} comes from MONAI: pip install "
+                '"tumoraug[monai]" (or use network="tumoraug")'
+            ) from error
+        self.config = config
+        if config.network == "densenet121":
+            self.net: nn.Module = nets.DenseNet121(
+                spatial_dims=3, in_channels=config.in_channels, out_channels=1
+            )
+        else:
+            factory = {"resnet10": nets.resnet10, "resnet18": nets.resnet18}[config.network]
+            self.net = factory(
+                spatial_dims=3, n_input_channels=config.in_channels, num_classes=1,
+                conv1_t_stride=2,
+            )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.network == "densenet121" and min(x.shape[2:]) < 32:
+            raise DataError(
+                f"densenet121 needs ROIs of at least 32 voxels per axis (it halves them five "
+                f"times), got {tuple(x.shape[2:])}: use resnet10, resnet18 or tumoraug"
+            )
+        return self.net(x).squeeze(1)
+
+
+def build_classifier(config: ClassifierConfig) -> nn.Module:
+    """The network ``config.network`` names: `ResNet3D` or a `MonaiClassifier`."""
+    return ResNet3D(config) if config.network == "tumoraug" else MonaiClassifier(config)
+
+
 def item_tensors(item: Any) -> tuple[torch.Tensor, int]:
     """``(image (C,D,H,W) float32, label int)`` of one item, via `subject_tensors`."""
     image, _, label = subject_tensors(item)
@@ -137,7 +195,7 @@ class Examples(Dataset):
 
 
 def train_classifier(
-    model: ResNet3D,
+    model: nn.Module,
     dataset: Dataset,
     *,
     epochs: int,
@@ -150,12 +208,17 @@ def train_classifier(
     """Train ``model`` in place on ``dataset`` with AdamW + BCE; returns it.
 
     The order of examples follows ``seed``; there is no early stopping (fixed epochs), so
-    no validation split is taken from the small real training folds.
+    no validation split is taken from the small real training folds. A network with
+    BatchNorm (the MONAI ones) skips a last batch of one ROI, which BatchNorm cannot train on.
     """
     device = resolve_device(device)
     model.to(device).train()
     rng = torch.Generator().manual_seed(seed)
-    loader = DataLoader(Examples(dataset), batch_size=batch_size, shuffle=True, generator=rng)
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    drop_last = batch_norm and len(dataset) % batch_size == 1  # type: ignore[arg-type]
+    loader = DataLoader(
+        Examples(dataset), batch_size=batch_size, shuffle=True, generator=rng, drop_last=drop_last
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
         for images, labels in loader:
@@ -171,7 +234,7 @@ def train_classifier(
 
 @torch.no_grad()
 def predict(
-    model: ResNet3D, dataset: Dataset, *, batch_size: int = 8, device: str | torch.device = "auto"
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 8, device: str | torch.device = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, P(HGG))`` of every item of ``dataset``, in order."""
     device = resolve_device(device)

@@ -1,7 +1,7 @@
 """Downstream protocol: does synthetic data help a 3D CNN tell LGG from HGG, and where?
 
-The `ResNet3D` classifier of `tumoraug.evaluation.classifier` is trained on ROIs and
-tested on *real* subjects only, with k-fold cross-validation stratified by grade
+The classifier of `tumoraug.evaluation.classifier` (`ClassifierConfig.network`) is trained
+on ROIs and tested on *real* subjects only, with k-fold cross-validation stratified by grade
 (optionally repeated with new split seeds), in *arms*: a condition of
 `tumoraug.evaluation.arms` (``real``, ``mixed``, ``pretrain``, ``balance``,
 ``synthetic_only``) × an amount of synthetic data (``ratios``: synthetic ROIs per real
@@ -42,7 +42,7 @@ from tumoraug.evaluation.arms import (
 )
 from tumoraug.evaluation.classifier import (
     ClassifierConfig,
-    ResNet3D,
+    build_classifier,
     item_tensors,
     predict,
     train_classifier,
@@ -391,7 +391,7 @@ def run_protocol(
                 )
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(trial.seed)
-                    model = ResNet3D(classifier)
+                    model = build_classifier(classifier)
                     for dataset, epochs, order_seed in stages:
                         train_classifier(model, dataset, epochs=epochs, seed=order_seed, **common)
                 test = Subset(real, list(trial.test))

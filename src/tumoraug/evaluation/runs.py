@@ -36,6 +36,7 @@ def evaluate_cache(
     class_ratio: float = 0.5,
     seed: int = 0,
     width: int | None = None,
+    network: str | None = None,
     sampling: SamplingConfig | None = None,
     guidance_values: Sequence[float] | None = None,
     progress: bool = False,
@@ -48,8 +49,10 @@ def evaluate_cache(
     of ``guidance_values`` (default: the guidance of ``sampling``), as many ROIs as the
     largest arm draws in one run (`synthetic_demand`), a fraction ``class_ratio`` of them
     HGG, all with ``seed``. ``conditions`` default to ``real``, ``mixed`` and ``pretrain``
-    with a synthetic source, else ``("real",)``. ``width`` overrides the classifier's
-    ``base_width``. The generator must not have seen any subject of ``data``.
+    with a synthetic source, else ``("real",)``. ``network`` picks the classifier
+    (`ClassifierConfig.network`, default `DEFAULT_NETWORK`); ``width`` overrides the
+    ``base_width`` of tumoraug's own. The generator must not have seen any subject of
+    ``data``.
     Returns the result and the paths of ``results.md``, ``results.json`` and ``roc.png``.
     """
     if not isinstance(protocol, ProtocolConfig):
@@ -73,8 +76,9 @@ def evaluate_cache(
         progress=progress,
     )
     channels = item_tensors(real[0])[0].shape[0]
+    fields = {"base_width": width, "network": network}
     classifier = ClassifierConfig(
-        in_channels=channels, **({} if width is None else {"base_width": width})
+        in_channels=channels, **{k: v for k, v in fields.items() if v is not None}
     )
     result = run_protocol(
         real,
