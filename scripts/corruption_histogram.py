@@ -23,7 +23,6 @@ from tumoraug.evaluation import save_line_plot
 from tumoraug.training import TransformerRecipe
 from tumoraug.training.corpus import TokenCorpus
 from tumoraug.training.loop import StepContext
-from tumoraug.training.masking import corrupt
 
 
 def fractions(
@@ -34,10 +33,9 @@ def fractions(
     for step in range(steps):
         index = [(step * batch + i) % len(corpus) for i in range(batch)]
         rng = StepContext(step, 0, torch.device("cpu"), 0, 1, seed, {}, {}).rng(0)
-        _, masked, replaced = corrupt(
-            corpus.tokens[index], corpus.importance[index], rng, mode=recipe.masking,
-            mask_id=corpus.codebook_size, codebook_size=corpus.codebook_size,
-            topk_ratio=recipe.topk_ratio, random_replace_ratio=recipe.random_replace_ratio,
+        _, masked, replaced = recipe.corrupt(
+            corpus.tokens[index], corpus.importance[index], rng,
+            codebook_size=corpus.codebook_size, mask_id=corpus.codebook_size,
         )  # fmt: skip
         out.append((masked | replaced).flatten(1).float().mean(1).numpy())
     return np.concatenate(out)

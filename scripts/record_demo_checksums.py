@@ -11,23 +11,16 @@ alters what the shipped model generates fails a test instead of passing silently
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from tumoraug import TumorGenerator
-from tumoraug.labels import to_label
-from tumoraug.pretrained import demo_model_path
+from tumoraug.pretrained import demo_model_path, sample_checksums
 from tumoraug.sampling import per_sample_seeds
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "demo_samples_sha256.json"
-
-
-def sha256(tensor: torch.Tensor) -> str:
-    """Hash of a tensor's bytes (contiguous, CPU)."""
-    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
 
 
 def main() -> None:
@@ -36,13 +29,7 @@ def main() -> None:
     samples = {}
     for grade in ("HGG", "LGG"):
         for case, seeds in (("seeds0123", [0, 1, 2, 3]), ("cli_seed0_n4", per_sample_seeds(0, 4))):
-            tokens = generator.generate_tokens([to_label(grade)] * len(seeds), seeds)
-            volumes = generator.generate([grade] * len(seeds), seed=seeds, batch_size=3)
-            samples[f"{grade}/{case}"] = {
-                "seeds": seeds,
-                "tokens": sha256(tokens.to(torch.int64)),
-                "volumes": sha256(volumes),
-            }
+            samples[f"{grade}/{case}"] = sample_checksums(generator, grade, seeds)
     about = (
         "SHA-256 of the embedded demo model's output, recorded by "
         "scripts/record_demo_checksums.py when the model was shipped: default SamplingConfig, "

@@ -83,6 +83,23 @@ class TransformerRecipe(Config):
             name, "betas", "two numbers in [0, 1)", self.betas,
         )  # fmt: skip
 
+    def corrupt(
+        self,
+        tokens: torch.Tensor,
+        importance: torch.Tensor,
+        rng: torch.Generator,
+        *,
+        codebook_size: int,
+        mask_id: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`tumoraug.training.masking.corrupt` with this recipe's masking: what training
+        draws for a batch of token grids, ``(corrupted, masked, replaced)``."""
+        return corrupt(
+            tokens, importance, rng, mode=self.masking, mask_id=mask_id,
+            codebook_size=codebook_size, topk_ratio=self.topk_ratio,
+            random_replace_ratio=self.random_replace_ratio,
+        )  # fmt: skip
+
     def baseline(self) -> TransformerRecipe:
         """The recipe of the paper's 3D-VQGAN baseline: plain MaskGIT masking, no class
         dropout (a per-class network has no unconditional model)."""
@@ -175,15 +192,8 @@ class TransformerTask(TrainingTask):
         with their own grade)."""
         c, r = self.config, self.recipe
         tokens, importance, labels = batch
-        corrupted, masked, replaced = corrupt(
-            tokens,
-            importance,
-            rng,
-            mode=r.masking,
-            mask_id=c.mask_id,
-            codebook_size=c.codebook_size,
-            topk_ratio=r.topk_ratio,
-            random_replace_ratio=r.random_replace_ratio,
+        corrupted, masked, replaced = r.corrupt(
+            tokens, importance, rng, codebook_size=c.codebook_size, mask_id=c.mask_id
         )
         dropout = r.class_dropout if train else 0.0
         drop = (torch.rand(labels.shape[0], generator=rng) < dropout).to(labels.device)
