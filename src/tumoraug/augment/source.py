@@ -54,7 +54,10 @@ class Source(Protocol):
     settings: dict[str, Any]
     device: str
 
-    def volumes(self, labels: Sequence[int], seeds: Sequence[int]) -> torch.Tensor: ...
+    def volumes(self, labels: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
+        """ROIs ``(N, C, S, S, S)`` float32 on the CPU in [-1, 1], volume ``j`` made from
+        ``(labels[j], seeds[j])`` alone."""
+        ...
 
 
 def check_count(owner: str, name: str, value: object, low: int = 1) -> int:

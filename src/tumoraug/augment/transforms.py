@@ -181,6 +181,7 @@ class RandomSyntheticReplace(RandomTransform, IntensityTransform):
 
     @property
     def p(self) -> float:
+        """The probability of replacing, under its argument name (``args_names`` replay)."""
         return self.probability
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
