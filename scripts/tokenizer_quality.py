@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from tumoraug.config import TokenizerConfig
 from tumoraug.data import ROIDataset, preprocess, subject_tensors, write_phantom_dataset
@@ -81,6 +81,15 @@ def main() -> None:
         "--set", action="append", default=[], metavar="FIELD=VALUE",
         help="Override one TokenizerConfig field of the preset (value as JSON); repeatable.",
     )  # fmt: skip
+    parser.add_argument(
+        "--extra-phantoms", type=int, default=0, metavar="N",
+        help="Add N more training phantoms per grade (phantom seed --extra-seed); the "
+        "held-out ROIs stay the same.",
+    )  # fmt: skip
+    parser.add_argument("--extra-seed", type=int, default=3, help="Phantom seed of the extra.")
+    parser.add_argument(
+        "--eval-cache", type=Path, help="Also report on this ROI cache (e.g. other phantoms)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -93,14 +102,24 @@ def main() -> None:
     dataset = ROIDataset(cache)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
     test = Subset(dataset, order[: args.held_out].tolist())
-    train = Subset(dataset, order[args.held_out :].tolist())
+    train: Dataset = Subset(dataset, order[args.held_out :].tolist())
+    extra = ""
+    if args.extra_phantoms:
+        name = f"phantoms_extra_s{args.extra_seed}_n{args.extra_phantoms}"
+        if not (args.work / name / "HGG").is_dir():
+            write_phantom_dataset(
+                args.work / name, args.extra_phantoms, seed=args.extra_seed, shape=(64, 64, 64)
+            )
+        preprocess(args.work / name, args.work / f"cache{size}_{name}", size=size)
+        train = ConcatDataset([train, ROIDataset(args.work / f"cache{size}_{name}")])
+        extra = f"_extra{args.extra_phantoms}"
 
     config = TokenizerConfig.preset(args.preset, **{"roi_size": size, **overrides})
     recipe = TokenizerRecipe.for_preset(args.preset)
     schedule = "" if args.lr_schedule == "constant" else f"_{args.lr_schedule}"
     variant = "".join(f"_{k}{v}" for k, v in overrides.items())
     roi = "" if size == 32 else f"_roi{size}"
-    run_dir = args.work / f"run_{args.preset}{roi}_s{args.steps}{schedule}{variant}"
+    run_dir = args.work / f"run_{args.preset}{roi}_s{args.steps}{schedule}{variant}{extra}"
     run = TrainConfig.preset(
         "tokenizer", steps=args.steps, batch_size=args.batch_size, lr=args.lr, device="cpu",
         lr_schedule=args.lr_schedule, seed=args.seed, checkpoint_every=250, image_every=250,
@@ -117,8 +136,11 @@ def main() -> None:
         **overrides,
         "train_rois": len(train),
         "train_minutes": round(minutes, 2),
-        **held_out_quality(VQGAN3D.from_pretrained(run_dir / "tokenizer"), test),
+        **held_out_quality(model := VQGAN3D.from_pretrained(run_dir / "tokenizer"), test),
     }
+    if args.eval_cache:
+        other = held_out_quality(model, ROIDataset(args.eval_cache))
+        results.update({f"{args.eval_cache.name}/{k}": v for k, v in other.items()})
     (run_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
     width = max(len(k) for k in results)
     for key, value in results.items():
