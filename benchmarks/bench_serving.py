@@ -1,19 +1,21 @@
-"""Items/s of the ways to feed ROIs to a DataLoader with 2 workers.
+"""Items/s of the ways to feed ROIs to a DataLoader, with 0 and 2 workers in one run.
 
     python benchmarks/bench_serving.py --size 64 --n 32
     python benchmarks/bench_serving.py --size 128 --n 64 --model PATH   # a trained model
 
-Paths, each through ``tio.SubjectsLoader(batch_size, num_workers=2, persistent_workers=True)``:
-real ROIs read from NIfTI files (``tio.ScalarImage`` per file), real ROIs from the ROI cache
-(`ROIDataset`), synthetic ROIs from a bank (`SyntheticTumorDataset.from_bank`), synthetic
-ROIs generated on the fly (`SyntheticTumorDataset`, model loaded in each worker); plus a bank
-read as whole batches (`BankBatches` through ``DataLoader(batch_size=None)``). One warm-up
-epoch (worker start, model load) is not timed, then ``--epochs`` epochs are. Inputs are
-built in a temporary folder: phantom ROIs (the same volumes as NIfTI and in the cache) and,
-without ``--model``, a random-weight generator with the tiny preset at ``--size`` (real
-models cost more per ROI: the on-the-fly row is a lower bound). Generation runs on
-``--device`` (auto: CUDA when present; with CUDA the workers are spawned, since CUDA cannot
-be used in forked workers).
+Paths, each through ``tio.SubjectsLoader(batch_size, num_workers=W)`` (persistent workers)
+for each ``W`` of ``--workers`` (default ``0,2``): real ROIs read from NIfTI files
+(``tio.ScalarImage`` per file), real ROIs from the ROI cache (`ROIDataset`), synthetic ROIs
+from a bank (`SyntheticTumorDataset.from_bank`), synthetic ROIs generated on the fly
+(`SyntheticTumorDataset`, model loaded in each worker); plus a bank read as whole batches,
+once with float32 crossing from the workers (`BankBatches` through
+``DataLoader(batch_size=None)``) and once with the stored int16 crossing and the main
+process dequantising (`BankLoader`). One warm-up epoch (worker start, model load) is not
+timed, then ``--epochs`` epochs are. Inputs are built in a temporary folder: phantom ROIs
+(the same volumes as NIfTI and in the cache) and, without ``--model``, a random-weight
+generator with the tiny preset at ``--size`` (real models cost more per ROI: the on-the-fly
+row is a lower bound). Generation runs on ``--device`` (auto: CUDA when present; with CUDA
+the workers are spawned, since CUDA cannot be used in forked workers).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader
 
-from tumoraug.augment import BankBatches, SyntheticBank, SyntheticTumorDataset
+from tumoraug.augment import BankBatches, BankLoader, SyntheticBank, SyntheticTumorDataset
 from tumoraug.data import ROIDataset
 from tumoraug.sampling import SamplingConfig
 
@@ -88,15 +90,20 @@ def items_per_second(dataset, batch_size: int, workers: int, epochs: int, contex
     return count / (time.perf_counter() - start)
 
 
-def batches_per_second(dataset: BankBatches, workers: int, epochs: int, context: str) -> float:
-    """Items/s of a Dataset of whole batches (``batch_size=None``)."""
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        multiprocessing_context=context if workers > 0 else None,
-    )
+def batches_per_second(
+    bank: SyntheticBank, batch_size: int, workers: int, epochs: int, context: str, *, raw: bool
+) -> float:
+    """Items/s of whole batches: `BankBatches` (float32 from the workers) or, with ``raw``,
+    `BankLoader` (int16 from the workers, dequantised in the main process)."""
+    options = {
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "multiprocessing_context": context if workers > 0 else None,
+    }
+    if raw:
+        loader = BankLoader(bank, batch_size, **options)
+    else:
+        loader = DataLoader(BankBatches(bank, batch_size), batch_size=None, **options)
     for _ in loader:
         pass
     start = time.perf_counter()
@@ -107,6 +114,11 @@ def batches_per_second(dataset: BankBatches, workers: int, epochs: int, context:
     return count / (time.perf_counter() - start)
 
 
+def times(ratio: float) -> str:
+    """A speed ratio with one decimal, or two significant digits below 0.1."""
+    return f"{ratio:.1f}×" if ratio >= 0.1 else f"{ratio:.2g}×"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="ROI edge length")
@@ -115,7 +127,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="decoding rounds")
     parser.add_argument("--device", default="auto", help="generation device: auto, cpu, cuda")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", default="0,2", help="DataLoader worker counts, comma-separated"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (reading paths)")
     parser.add_argument(
         "--n-generate", type=int, default=4, help="ROIs of the on-the-fly row (1 timed epoch)"
@@ -124,6 +138,7 @@ def main() -> None:
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
     context = "spawn" if device == "cuda" else "fork"
+    worker_counts = [int(v) for v in args.workers.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -156,24 +171,35 @@ def main() -> None:
             ),
             f"synthetic ROIs generated on the fly ({device}, {args.steps} steps)": (on_the_fly, 1),
         }
-        rates = {
-            name: items_per_second(ds, args.batch_size, args.workers, epochs, context)
-            for name, (ds, epochs) in datasets.items()
+        whole_batches = {  # name -> raw (int16 crosses from the workers)
+            "synthetic ROIs from a bank, whole batches, float32 (BankBatches)": False,
+            "synthetic ROIs from a bank, whole batches, int16 (BankLoader)": True,
         }
-        rates["synthetic ROIs from a bank, whole batches (BankBatches)"] = batches_per_second(
-            BankBatches(bank, args.batch_size), args.workers, args.epochs, context
-        )
+        rates: dict[str, dict[int, float]] = {}
+        for workers in worker_counts:
+            for name, (ds, epochs) in datasets.items():
+                rate = items_per_second(ds, args.batch_size, workers, epochs, context)
+                rates.setdefault(name, {})[workers] = rate
+            for name, raw in whole_batches.items():
+                rate = batches_per_second(
+                    bank, args.batch_size, workers, args.epochs, context, raw=raw
+                )
+                rates.setdefault(name, {})[workers] = rate
 
     print(
-        f"ROI {args.size}³, {len(files)} items, batch {args.batch_size}, {args.workers} workers, "
+        f"ROI {args.size}³, {len(files)} items, batch {args.batch_size}, workers {args.workers}, "
         f"{args.epochs} timed epochs, steps {args.steps}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
-    print("| path | items/s | ms/item | vs NIfTI |")
-    print("|---|---:|---:|---:|")
+    columns = "".join(f" {w} workers: items/s | vs NIfTI |" for w in worker_counts)
+    print(f"| path |{columns}")
+    print("|---|" + "---:|---:|" * len(worker_counts))
     base = next(iter(rates.values()))
-    for name, rate in rates.items():
-        print(f"| {name} | {rate:.1f} | {1000 / rate:.1f} | {rate / base:.1f}× |")
+    for name, by_workers in rates.items():
+        cells = "".join(
+            f" {by_workers[w]:.1f} | {times(by_workers[w] / base[w])} |" for w in worker_counts
+        )
+        print(f"| {name} |{cells}")
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     print(f"THP_MEM_ALLOC_ENABLE={thp} (1: torch allocates large tensors on huge pages)")
 

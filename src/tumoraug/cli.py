@@ -109,6 +109,9 @@ def generate(
     batch_size: int = o.opt("--batch-size", "ROIs per forward pass.", 4),
     device: str = o.DEVICE,
     fmt: str = o.opt("--format", "nii.gz or nii.", "nii.gz"),
+    channels: str = o.opt(
+        "--channels", "Several channels: split (a file per modality) or 4d (one file).", "split"
+    ),
     overwrite: bool = o.opt("--overwrite", "Replace existing files.", False),
 ) -> None:
     """Generate synthetic HGG / LGG ROIs as NIfTI files + manifest.json + preview.png,
@@ -118,7 +121,7 @@ def generate(
     written = write_samples(
         model, label.split(","), n=n, out_dir=out, bank=bank, bank_dtype=bank_dtype, seed=seed,
         sampling=o.sampling_config(steps, guidance, temperature), batch_size=batch_size,
-        device=device, fmt=fmt, overwrite=overwrite, progress=True,
+        device=device, fmt=fmt, channels=channels, overwrite=overwrite, progress=True,
     )  # fmt: skip
     typer.echo("\n".join(written))
 
@@ -194,6 +197,31 @@ def evaluate_samples(
     )  # fmt: skip
     typer.echo(report.to_markdown(), nl=False)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+@o.friendly_errors
+def push(
+    model_dir: str = typer.Argument(..., help="Model folder (tumoraug.json, tokenizer/, ...)."),
+    repo_id: str = typer.Argument(..., help="Hub repo OWNER/NAME (created if needed)."),
+    private: bool = o.opt("--private", "Create the repo as private.", False),
+    dry_run: bool = o.opt("--dry-run", "Print the plan and the model card; upload nothing.", False),
+    token: str | None = o.opt("--token", "Hub token (default: HF_TOKEN or `hf auth login`)."),
+    message: str | None = o.opt("--message", "Commit message."),
+    license: str | None = o.opt("--license", "License id for the card, e.g. apache-2.0."),
+) -> None:
+    """Upload a model folder to the Hugging Face Hub with a model card from its metadata."""
+    from tumoraug.hub import push_to_hub
+
+    plan = push_to_hub(
+        model_dir, repo_id, private=private, token=token, commit_message=message,
+        license=license, dry_run=dry_run,
+    )  # fmt: skip
+    typer.echo(plan.describe())
+    if dry_run:
+        typer.echo(f"dry run, nothing written or uploaded; model card:\n\n{plan.card}", nl=False)
+    else:
+        typer.echo(f"uploaded: {plan.commit_url}")
 
 
 app.command("train-tokenizer")(cli_train.train_tokenizer)

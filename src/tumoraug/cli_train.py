@@ -17,7 +17,7 @@ def train_tokenizer(
     out_dir: str = typer.Argument(..., help="Output folder (checkpoints, metrics, tokenizer/)."),
     preset: str = o.PRESET,
     config: str | None = o.opt("--config", "TokenizerConfig JSON file."),
-    roi_size: int | None = o.opt("--roi-size", "Override the preset ROI size."),
+    roi_size: int | None = o.opt("--roi-size", "ROI edge; default: the cache's (must match)."),
     steps: int | None = o.TRAIN_STEPS,
     batch_size: int | None = o.BATCH,
     grad_accum: int | None = o.ACCUM,
@@ -30,7 +30,9 @@ def train_tokenizer(
     seed: int | None = o.SEED,
     resume: bool = o.RESUME,
 ) -> None:
-    """Train the stage-1 VQGAN tokenizer on a ROI cache; the model lands in OUT_DIR/tokenizer."""
+    """Train the stage-1 VQGAN tokenizer on a ROI cache; the model lands in OUT_DIR/tokenizer.
+
+    The ROI size and channels (modalities) come from the cache's manifest."""
     from tumoraug.training.tokenizer import run_tokenizer_training
 
     result = run_tokenizer_training(

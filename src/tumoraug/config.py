@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -200,7 +202,11 @@ class TokenizerConfig(Config):
     encoder halves the ROI once per
     entry of ``channel_mult`` after the first, so the token grid is
     ``roi_size / 2**(len(channel_mult) - 1)`` per axis. Widths of the ``brats128`` preset
-    and why: see ``docs/tokenizer.md``.
+    and why: see ``docs/tokenizer.md``. ``modalities`` names the input channels in order
+    (the ROI cache's, e.g. ``("flair", "t1ce", "t2", "t1")``; empty when not recorded, as in
+    tokenizers saved before it existed): exports name their files by it (`channel_names`).
+    It labels the data without changing the network, so fingerprints and run records leave
+    it out (`architecture`).
     """
 
     in_channels: int = 1
@@ -215,6 +221,7 @@ class TokenizerConfig(Config):
     codebook_size: int = 1024
     importance_hidden: int = 256
     num_classes: int = 2
+    modalities: tuple[str, ...] = ()
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "brats128": {"importance_hidden": 64},
@@ -259,6 +266,16 @@ class TokenizerConfig(Config):
             data = {k: v for k, v in data.items() if k not in ("importance", "coarse_pool")}
         return super().from_dict(data)
 
+    def architecture(self) -> dict[str, Any]:
+        """`to_dict` without ``modalities``: what decides the network's computation (naming
+        the channels changes no weight, and older tokenizers keep their fingerprints)."""
+        return {k: v for k, v in self.to_dict().items() if k != "modalities"}
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The names of the input channels (see `channel_names`)."""
+        return channel_names(self.modalities, self.in_channels)
+
     @property
     def downsample_factor(self) -> int:
         """Voxels per token along each axis."""
@@ -294,3 +311,25 @@ class TokenizerConfig(Config):
             name, "num_mid_blocks", "an int >= 0", self.num_mid_blocks,
         )  # fmt: skip
         check(self.num_classes >= 2, name, "num_classes", "an int >= 2", self.num_classes)
+        check(
+            not self.modalities or len(self.modalities) == self.in_channels,
+            name, "modalities", f"{self.in_channels} name(s), one per input channel, or none",
+            self.modalities,
+        )  # fmt: skip
+        check(
+            all(isinstance(m, str) and _CHANNEL_NAME.fullmatch(m) for m in self.modalities)
+            and len(set(self.modalities)) == len(self.modalities),
+            name, "modalities", "distinct names of letters, digits, '_' and '-'", self.modalities,
+        )  # fmt: skip
+
+
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+"""A channel name: it ends up in file names (``<sample>_<name>.nii.gz``)."""
+
+
+def channel_names(modalities: Sequence[str], count: int) -> tuple[str, ...]:
+    """Names of ``count`` image channels: ``modalities`` when recorded; else ``("flair",)``
+    for one channel (what ``tumoraug preprocess`` caches by default) and ``ch0, ch1, ...``."""
+    if modalities:
+        return tuple(modalities)
+    return ("flair",) if count == 1 else tuple(f"ch{i}" for i in range(count))

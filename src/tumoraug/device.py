@@ -2,7 +2,8 @@
 
 ``"auto"`` means CUDA when it is available, else the CPU; a plain ``"cuda"`` means the GPU
 of this process (``cuda:<LOCAL_RANK>`` under ``torchrun``, ``cuda:0`` otherwise). On CUDA,
-networks run under bf16 autocast; on the CPU in float32 unless bf16 is asked for.
+networks run under bf16 autocast; on the CPU in float32 unless bf16 is asked for
+(``cpu_bf16=True``: the CPU twin of the CUDA path, so that it runs without a GPU).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (when ``enabled``); a no-op context elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(
+    device: torch.device, enabled: bool = True, *, cpu_bf16: bool = False
+) -> contextlib.AbstractContextManager:
+    """bf16 autocast when ``enabled``: on CUDA, and on the CPU too with ``cpu_bf16``; else a
+    no-op context (float32)."""
+    if enabled and (device.type == "cuda" or (cpu_bf16 and device.type == "cpu")):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -12,13 +12,15 @@ planned file, ``"complete": false`` until the preview is written, and the SHA-25
 file written so far. So an interrupted run (even ``kill -9``) leaves a folder that the same
 command completes, re-using the files whose hash matches; ``overwrite`` replaces a previous
 run and removes the files of its manifest that the new run does not write.
+
+A ROI of several channels becomes one NIfTI file per modality (BraTS names) or one 4D file:
+see `tumoraug.nifti`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import hashlib
 import json
 import os
@@ -41,12 +43,26 @@ from tumoraug.checkpoint import (
 )
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.generator import TumorGenerator
+from tumoraug.hub import model_card
 from tumoraug.labels import LabelLike, to_grade, to_labels
+from tumoraug.nifti import (
+    CHANNEL_LAYOUTS,
+    NIFTI_FORMATS,
+    check_format,
+    nifti_bytes,
+    read_sample,
+    sample_bytes,
+    sample_entry,
+    sample_files,
+    sample_hashes,
+    set_sample_hashes,
+)
 from tumoraug.progress import progress_bar
 from tumoraug.sampling import SamplingConfig, per_sample_seeds
 from tumoraug.version import __version__
 
 __all__ = [
+    "CHANNEL_LAYOUTS",
     "MANIFEST_NAME",
     "NIFTI_FORMATS",
     "PREVIEW_NAME",
@@ -56,55 +72,8 @@ __all__ = [
     "write_samples",
 ]
 
-NIFTI_FORMATS: tuple[str, ...] = ("nii.gz", "nii")
 MANIFEST_NAME = "manifest.json"
 PREVIEW_NAME = "preview.png"
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in NIFTI_FORMATS:
-        raise ConfigError(
-            f"unknown output format {fmt!r}: expected one of {', '.join(NIFTI_FORMATS)}"
-        )
-
-
-def nifti_bytes(volume: torch.Tensor, fmt: str) -> bytes:
-    """A ``(C, D, H, W)`` ROI as NIfTI-1 bytes with a 1 mm identity affine (C > 1: 4th axis).
-
-    ``fmt``: ``"nii.gz"`` (gzip with a zero timestamp, so equal volumes give equal bytes) or
-    ``"nii"``.
-    """
-    import nibabel as nib
-    import numpy as np
-
-    _check_format(fmt)
-    array = volume.detach().cpu().numpy().astype(np.float32)
-    array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-    image = nib.Nifti1Image(array, np.eye(4))
-    image.header.set_xyzt_units("mm")
-    data = image.to_bytes()
-    return gzip.compress(data, mtime=0) if fmt == "nii.gz" else data
-
-
-def _read_nifti(path: Path) -> torch.Tensor:
-    """The ``(C, D, H, W)`` volume of a file written by `nifti_bytes`."""
-    import nibabel as nib
-    import numpy as np
-
-    array = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-    return torch.from_numpy(array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0))
-
-
-def model_card(roi_size: int, in_channels: int) -> str:
-    """The README.md (Hub model card) of a `TumorGenerator` folder of ``roi_size`` ROIs."""
-    return (
-        "---\nlibrary_name: tumoraug\ntags:\n- medical-imaging\n- brain-tumor\n- 3d\n---\n\n"
-        f"# tumoraug tumor generator\n\nClass-conditional (LGG / HGG) synthetic {roi_size}³ "
-        f"brain-tumor ROIs with {in_channels} channel(s): a 3D VQGAN tokenizer and a masked "
-        "transformer.\n\n```python\nfrom tumoraug import TumorGenerator\n\n"
-        'generator = TumorGenerator.from_pretrained("<this repo or folder>")\n'
-        'rois = generator.generate("HGG", n=4, seed=0)  # (4, C, S, S, S) in [-1, 1]\n```\n'
-    )
 
 
 # -- one run's claim on a folder ------------------------------------------------------------
@@ -148,7 +117,7 @@ class _FolderPlan:
 def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     """What decides the files of a run (the batch size does not: decoding is batch-invariant)."""
     settings = {k: v for k, v in manifest.get("settings", {}).items() if k != "batch_size"}
-    samples = [[s.get("file"), s.get("label"), s.get("seed")] for s in manifest["samples"]]
+    samples = [[sample_files(s), s.get("label"), s.get("seed")] for s in manifest["samples"]]
     return {
         "model": manifest.get("model"),
         "format": manifest.get("format"),
@@ -177,7 +146,11 @@ def _previous(out_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(old, dict) or not isinstance(old.get("samples"), list):
         return None
-    files = [s.get("file") if isinstance(s, dict) else None for s in old["samples"]]
+    files = [
+        name
+        for s in old["samples"]
+        for name in (sample_files(s).values() if isinstance(s, dict) else [None])
+    ]
     if not all(isinstance(f, str) and f and Path(f).name == f for f in files):
         return None  # only plain file names inside the folder are ever touched
     return old
@@ -191,6 +164,7 @@ def _plan_folder(
     seed: int,
     batch_size: int,
     fmt: str,
+    channels: str,
     overwrite: bool,
 ) -> _FolderPlan:
     """Decide what the run writes, or refuse (`DataError`) before anything is sampled.
@@ -198,15 +172,20 @@ def _plan_folder(
     A previous run with the same model, settings and samples is completed: its files whose
     SHA-256 matches the manifest are kept (with an incomplete manifest, any other file it
     lists is the interrupted run's and is replaced). Anything else in the way needs
-    ``overwrite``.
+    ``overwrite``. A ROI gets one file per channel (``channels="split"``, when the source
+    names several channels) or one file.
     """
     seeds = per_sample_seeds(seed, len(labels))
     grades = [to_grade(label) for label in labels]
+    modalities = getattr(source, "modalities", None)
+    split = channels == "split" and modalities is not None and len(modalities) > 1
     manifest: dict[str, Any] = {
         "tumoraug_version": __version__,
         "model": source.model_id,
         "roi_size": None,
         "in_channels": None,
+        "modalities": None if modalities is None else list(modalities),
+        "channels": channels,
         "format": fmt,
         "affine": "identity, 1 mm voxels",
         "settings": {
@@ -216,28 +195,32 @@ def _plan_folder(
             "device": source.device,
         },
         "complete": False,
-        "samples": [
-            {"file": f"{j:04d}_{grade}.{fmt}", "grade": grade, "label": label, "seed": s}
-            for j, (grade, label, s) in enumerate(zip(grades, labels, seeds, strict=True))
-        ],
+        "samples": [],
     }
     samples = manifest["samples"]
-    names = {s["file"] for s in samples}
+    for j, (grade, label, s) in enumerate(zip(grades, labels, seeds, strict=True)):
+        where = sample_entry(f"{j:04d}_{grade}", fmt, modalities if split else None)
+        samples.append({**where, "grade": grade, "label": label, "seed": s})
+    names = {name for sample in samples for name in sample_files(sample).values()}
     old = _previous(out_dir)
     if overwrite:
-        stale = {s["file"] for s in old["samples"]} - names if old else set()
-        remove = [out_dir / name for name in sorted(stale) if (out_dir / name).is_file()]
+        earlier = {f for s in (old or {}).get("samples", []) for f in sample_files(s).values()}
+        remove = [out_dir / name for name in sorted(earlier - names) if (out_dir / name).is_file()]
         return _FolderPlan(out_dir, manifest, list(range(len(samples))), remove)
     if old is not None and _identity(old) == _identity(manifest):
         conflicts = []
         for sample, before in zip(samples, old["samples"], strict=True):
-            path = out_dir / sample["file"]
-            if not path.exists():
-                continue
-            if before.get("sha256") and sha256_file(path) == before["sha256"]:
-                sample["sha256"] = before["sha256"]
-            elif old.get("complete", True):
-                conflicts.append(sample["file"])
+            kept, recorded = {}, sample_hashes(before)
+            for key, name in sample_files(sample).items():
+                path = out_dir / name
+                if not path.exists():
+                    continue
+                if recorded.get(key) and sha256_file(path) == recorded[key]:
+                    kept[key] = recorded[key]
+                elif old.get("complete", True):
+                    conflicts.append(name)
+            if len(kept) == len(sample_files(sample)):  # a sample is re-used whole or made again
+                set_sample_hashes(sample, kept)
         if conflicts:
             raise DataError(
                 f"{out_dir}: {len(conflicts)} file(s) differ from what {MANIFEST_NAME} records "
@@ -286,19 +269,26 @@ def _fill_folder(
             path.unlink(missing_ok=True)
         atomic_write_json(manifest_file, manifest)
 
+    fmt, channels = manifest["format"], manifest["channels"]
     with progress_bar("generating", len(plan.todo), enabled=progress) as bar:
         for lo in range(0, len(plan.todo), batch_size):
             part = plan.todo[lo : lo + batch_size]
             volumes = source.volumes(
                 [samples[j]["label"] for j in part], [samples[j]["seed"] for j in part]
             )
+            encoded = [
+                sample_bytes(samples[j], volume, fmt, channels, source.model_id)
+                for j, volume in zip(part, volumes, strict=True)
+            ]
             if lo == 0:
                 commit()
-            for j, volume in zip(part, volumes, strict=True):
-                data = nifti_bytes(volume, manifest["format"])
-                with atomic_path(out_dir / samples[j]["file"]) as tmp:
-                    tmp.write_bytes(data)
-                samples[j]["sha256"] = hashlib.sha256(data).hexdigest()
+            for j, volume, files in zip(part, volumes, encoded, strict=True):
+                names, hashes = sample_files(samples[j]), {}
+                for key, data in files.items():
+                    with atomic_path(out_dir / names[key]) as tmp:
+                        tmp.write_bytes(data)
+                    hashes[key] = hashlib.sha256(data).hexdigest()
+                set_sample_hashes(samples[j], hashes)
                 if j < preview_rows:
                     preview[j] = volume
             atomic_write_json(manifest_file, manifest)
@@ -306,7 +296,7 @@ def _fill_folder(
     if not plan.todo:
         commit()
     rows = [
-        preview[j] if j in preview else _read_nifti(out_dir / samples[j]["file"])
+        preview[j] if j in preview else read_sample(out_dir, samples[j])
         for j in range(min(preview_rows, len(samples)))
     ]
     grades = [sample["grade"] for sample in samples[: len(rows)]]
@@ -317,10 +307,10 @@ def _fill_folder(
     return manifest, len(samples) - len(plan.todo)
 
 
-def _check_request(n: int, batch_size: int, fmt: str) -> None:
+def _check_request(n: int, batch_size: int, fmt: str, channels: str) -> None:
     check_count("generate", "n (CLI: --n)", n)
     check_count("generate", "batch_size (CLI: --batch-size)", batch_size)
-    _check_format(fmt)
+    check_format(fmt, channels)
 
 
 def generate_to_folder(
@@ -333,6 +323,7 @@ def generate_to_folder(
     sampling: SamplingConfig | None = None,
     batch_size: int = 8,
     fmt: str = "nii.gz",
+    channels: str = "split",
     overwrite: bool = False,
     progress: bool = False,
     preview_rows: int = 16,
@@ -342,14 +333,16 @@ def generate_to_folder(
     ``generator_or_source``: a `TumorGenerator` (or model folder / Hub id) sampled with
     ``sampling``, or any `Source` (e.g. a `SyntheticBank`, whose settings are fixed).
     Sample ``j`` has the seed ``per_sample_seeds(seed, N)[j]``. Writes
-    ``<index>_<grade>.<fmt>`` per ROI (1 mm identity affine), ``manifest.json`` (file, grade,
-    label, per-sample seed and SHA-256, model, settings, ``complete``) and ``preview.png``
-    (centre slices of the first ``preview_rows`` ROIs). Checks the labels, the folder and
-    existing files before any sampling; never overwrites unless ``overwrite``, which also
-    removes the files of the folder's previous manifest that this run does not write; the
-    same call completes a folder that an interrupted run left. Returns the manifest.
+    ``<index>_<grade>.<fmt>`` per ROI (1 mm identity affine; with several channels one
+    ``<index>_<grade>_<modality>.<fmt>`` per channel, or with ``channels="4d"`` one 4D file),
+    ``manifest.json`` (file(s), grade, label, per-sample seed and SHA-256, model, modalities,
+    settings, ``complete``) and ``preview.png`` (centre slices of the first ``preview_rows``
+    ROIs). Checks the labels, the folder and existing files before any sampling; never
+    overwrites unless ``overwrite``, which also removes the files of the folder's previous
+    manifest that this run does not write; the same call completes a folder that an
+    interrupted run left. Returns the manifest.
     """
-    _check_request(n, batch_size, fmt)
+    _check_request(n, batch_size, fmt, channels)
     check_count("generate_to_folder", "preview_rows", preview_rows)
     per_label = to_labels(labels)
     if not per_label:
@@ -358,8 +351,9 @@ def generate_to_folder(
     items = [label for label in per_label for _ in range(n)]
     with _claimed(Path(out_dir)) as folder:
         plan = _plan_folder(
-            source, items, folder, seed=seed, batch_size=batch_size, fmt=fmt, overwrite=overwrite
-        )
+            source, items, folder, seed=seed, batch_size=batch_size, fmt=fmt, channels=channels,
+            overwrite=overwrite,
+        )  # fmt: skip
         return _fill_folder(plan, source, batch_size, progress, preview_rows)[0]
 
 
@@ -376,6 +370,7 @@ def write_samples(
     batch_size: int = 8,
     device: str = "auto",
     fmt: str = "nii.gz",
+    channels: str = "split",
     overwrite: bool = False,
     progress: bool = False,
 ) -> list[str]:
@@ -384,15 +379,16 @@ def write_samples(
     ``model``: a `TumorGenerator`, a model folder / Hub id, or None for the embedded demo
     model. Empty labels (as in ``"HGG,"``) are skipped. Sample ``j`` has the seed
     ``per_sample_seeds(seed, N)[j]`` in both outputs, so the bank stores what the files hold
-    (up to its quantisation). Both outputs are checked before anything is sampled. Returns
-    one summary line per output written.
+    (up to its quantisation). ``channels``: how ROIs of several channels are written (see
+    `generate_to_folder`). Both outputs are checked before anything is sampled. Returns one
+    summary line per output written.
     """
     if out_dir is None and bank is None:
         raise ConfigError(
             "nowhere to write: give out_dir (--out FOLDER, NIfTI files) and/or bank "
             "(--bank FILE, a synthetic bank)"
         )
-    _check_request(n, batch_size, fmt)
+    _check_request(n, batch_size, fmt, channels)
     if isinstance(labels, str | int):
         labels = [labels]
     per_label = to_labels([v for v in labels if not (isinstance(v, str) and not v.strip())])
@@ -415,7 +411,7 @@ def write_samples(
         if folder is not None:
             plan = _plan_folder(
                 source, items, folder, seed=seed, batch_size=batch_size, fmt=fmt,
-                overwrite=overwrite,
+                channels=channels, overwrite=overwrite,
             )  # fmt: skip
         if bank is not None:
             check_target(Path(bank).expanduser(), overwrite)

@@ -2,7 +2,8 @@
 
 A full model is one folder (local or a Hub repo)::
 
-    tumoraug.json                      what the folder is, ROI size, channels, grades
+    tumoraug.json                      what the folder is, ROI size, channels (modalities),
+                                       grades
     tokenizer/config.json              stage 1, `tumoraug.models.vqgan.VQGAN3D`
     tokenizer/model.safetensors
     transformer/config.json            stage 2, `tumoraug.models.transformer.MaskedTransformer`
@@ -18,6 +19,10 @@ depends only on its label, its seed and the `SamplingConfig`, never on the batch
 in: tokens are drawn from one `torch.Generator` per sample (see `tumoraug.sampling`) and
 every token grid is decoded on its own, because a batched 3D convolution differs in the last
 float bits with the batch size.
+
+Both stages run under bf16 autocast on CUDA and in float32 on the CPU; ``cpu_bf16=True``
+runs them under bf16 autocast on the CPU too (the CPU twin of the CUDA path). Volumes come
+out float32 either way.
 """
 
 from __future__ import annotations
@@ -104,13 +109,22 @@ class TumorGenerator:
     """Class-conditional synthetic tumor ROIs from a tokenizer and a masked transformer.
 
     Build it with `from_pretrained` (lazy) or from live models
-    ``TumorGenerator(tokenizer, transformer, device="auto")``.
+    ``TumorGenerator(tokenizer, transformer, device="auto")``; ``cpu_bf16=True`` samples and
+    decodes under bf16 autocast on the CPU too (CUDA always uses it).
     """
 
-    def __init__(self, tokenizer: Any, transformer: Any, *, device: str | torch.device = "auto"):
+    def __init__(
+        self,
+        tokenizer: Any,
+        transformer: Any,
+        *,
+        device: str | torch.device = "auto",
+        cpu_bf16: bool = False,
+    ):
         check_compatible(tokenizer.config, transformer.config, "TumorGenerator")
         self._device_request = str(device)
         self._device = resolve_device(device)
+        self._cpu_bf16 = bool(cpu_bf16)
         self._root: Path | None = None
         self._source: str | None = None
         self._tokenizer_config: TokenizerConfig = tokenizer.config
@@ -126,6 +140,7 @@ class TumorGenerator:
         *,
         device: str | torch.device = "auto",
         revision: str | None = None,
+        cpu_bf16: bool = False,
     ) -> TumorGenerator:
         """Open a model folder or Hub repo; reads only its JSON files (weights on first use)."""
         from tumoraug.models.transformer import MaskedTransformer
@@ -140,6 +155,7 @@ class TumorGenerator:
         generator.__setstate__(
             {
                 "device_request": str(device),
+                "cpu_bf16": bool(cpu_bf16),
                 "root": root,
                 "source": str(path_or_hub_id),
                 "tokenizer_config": tokenizer_config,
@@ -166,9 +182,20 @@ class TumorGenerator:
         return int(self._tokenizer_config.in_channels)
 
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """Names of the C channels, e.g. ``("flair", "t1ce", "t2", "t1")``: the tokenizer's
+        `TokenizerConfig.channel_names` (``("flair",)`` for older single-channel models)."""
+        return self._tokenizer_config.channel_names
+
+    @property
     def device(self) -> torch.device:
         """Device the models run on."""
         return self._device
+
+    @property
+    def cpu_bf16(self) -> bool:
+        """Whether sampling and decoding run under bf16 autocast on the CPU too."""
+        return self._cpu_bf16
 
     @property
     def source(self) -> str | None:
@@ -217,6 +244,7 @@ class TumorGenerator:
     def __getstate__(self) -> dict[str, Any]:
         state = {
             "device_request": self._device_request,
+            "cpu_bf16": self._cpu_bf16,
             "root": self._root,
             "source": self._source,
             "tokenizer_config": self._tokenizer_config,
@@ -229,6 +257,7 @@ class TumorGenerator:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._device_request = state["device_request"]
         self._device = resolve_device(self._device_request)
+        self._cpu_bf16 = state["cpu_bf16"]
         self._root = state["root"]
         self._source = state["source"]
         self._tokenizer_config = state["tokenizer_config"]
@@ -262,7 +291,7 @@ class TumorGenerator:
     ) -> torch.Tensor:
         """Token grids ``(N, d, h, w)`` for integer ``labels``, one seed per sample."""
         transformer = self.transformer
-        with autocast(self._device):
+        with autocast(self._device, cpu_bf16=self._cpu_bf16):
             return sample_tokens(
                 transformer,
                 torch.as_tensor(list(labels), dtype=torch.long),
@@ -270,18 +299,27 @@ class TumorGenerator:
                 check_sampling(sampling),
             )
 
-    @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token grids ``(N, d, h, w)`` -> ROIs ``(N, C, S, S, S)`` float32 on the CPU in [-1, 1].
 
         Batch-invariant: each grid is decoded on its own, so a volume does not depend on the
-        other grids passed with it. A decoded NaN or infinity is a `CheckpointError` (the
-        weights are broken), checked before clamping, which would turn infinities into ±1.
+        other grids passed with it. Ids outside the codebook are a `DataError`. A decoded NaN
+        or infinity is a `CheckpointError` (the weights are broken), checked before clamping,
+        which would turn infinities into ±1.
         """
+        self.tokenizer.quantizer.check_tokens(tokens)  # once per batch
+        return self._decode(tokens)
+
+    @torch.no_grad()
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`decode` of grids known to be valid (the sampler's): no per-grid check of the ids."""
         tokenizer = self.tokenizer
         tokens = tokens.to(self._device)
-        with autocast(self._device):
-            volumes = [tokenizer.decode(grid[None]).float().cpu() for grid in tokens]  # (1,C,S,S,S)
+        with autocast(self._device, cpu_bf16=self._cpu_bf16):
+            volumes = [
+                tokenizer.decode(grid[None], check_ids=False).float().cpu()  # (1, C, S, S, S)
+                for grid in tokens
+            ]
         out = torch.cat([self._no_volumes(), *volumes])
         if not bool(torch.isfinite(out).all()):
             bad = [j for j, volume in enumerate(out) if not bool(torch.isfinite(volume).all())]
@@ -322,7 +360,7 @@ class TumorGenerator:
             for lo in range(0, len(label_list), batch_size):
                 part = slice(lo, lo + batch_size)
                 tokens = self.generate_tokens(label_list[part], seed_list[part], sampling)
-                outputs.append(self.decode(tokens))
+                outputs.append(self._decode(tokens))
                 bar.advance(len(tokens))
         return torch.cat(outputs)
 
@@ -372,6 +410,7 @@ class TumorGenerator:
                 "tumoraug_version": __version__,
                 "roi_size": self.roi_size,
                 "in_channels": self.in_channels,
+                "modalities": list(self.modalities),
                 "grades": list(GRADES),
                 "token_grid": list(self._transformer_config.token_grid),
                 "codebook_size": self._transformer_config.codebook_size,

@@ -159,6 +159,7 @@ def sample_tokens(
     labels = labels.to(device)
     guided = sampling.guided and config.conditioning == "class"
     tokens = torch.full((batch, total), config.mask_id, dtype=torch.long, device=device)
+    masked = total  # positions still masked in every sample (tracked here: no host sync)
     for step in range(steps):
         noise = torch.stack([torch.rand(2, total, generator=g) for g in rngs]).to(device)
         unknown = tokens == config.mask_id
@@ -181,7 +182,7 @@ def sample_tokens(
         drawn = torch.where(unknown, drawn, tokens)
         confidence = log_probs.gather(-1, drawn[..., None]).squeeze(-1)
         remaining = math.floor(total * math.cos(math.pi / 2 * (step + 1) / steps))
-        remaining = 0 if step == steps - 1 else min(max(remaining, 0), int(unknown[0].sum()) - 1)
+        remaining = 0 if step == steps - 1 else min(max(remaining, 0), masked - 1)
         if remaining > 0:
             gumbel = -torch.log(-torch.log(noise[:, 1].clamp(1e-20, 1 - 1e-7)))
             scale = sampling.mask_temperature * (1 - (step + 1) / steps)
@@ -190,6 +191,7 @@ def sample_tokens(
             remask = torch.zeros_like(unknown)
             remask.scatter_(1, confidence.topk(remaining, dim=1, largest=False).indices, True)
             drawn = drawn.masked_fill(remask, config.mask_id)
+        masked = max(remaining, 0)
         tokens = drawn
         if callback is not None:
             callback(step + 1, steps)

@@ -7,9 +7,10 @@ The MONAI dictionary transforms live in `tumoraug.augment.monai`, imported on re
 (it needs the ``monai`` extra).
 """
 
-from tumoraug.augment.bank import BankBatches, SyntheticBank
+from tumoraug.augment.bank import SyntheticBank
 from tumoraug.augment.dataset import SyntheticTumorDataset, make_item_dict, make_subject
 from tumoraug.augment.mixing import MixedDataset, SyntheticThenReal, mix
+from tumoraug.augment.serving import BankBatches, BankLoader
 from tumoraug.augment.source import (
     GeneratorSource,
     Source,
@@ -23,6 +24,7 @@ from tumoraug.augment.transforms import RandomSyntheticReplace, SyntheticReplace
 
 __all__ = [
     "BankBatches",
+    "BankLoader",
     "GeneratorSource",
     "MixedDataset",
     "RandomSyntheticReplace",

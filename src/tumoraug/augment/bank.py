@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
 
 from tumoraug.augment.source import Source, as_source, check_count, item_seeds, resolve_labels
 from tumoraug.augment.storage import (
@@ -49,13 +48,14 @@ from tumoraug.augment.storage import (
     read_npy_header,
 )
 from tumoraug.checkpoint import atomic_path, atomic_write_json
+from tumoraug.config import channel_names
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.generator import TumorGenerator
 from tumoraug.labels import LabelLike
 from tumoraug.progress import progress_bar
 from tumoraug.sampling import SamplingConfig
 
-__all__ = ["INT16_SCALE", "BankBatches", "SyntheticBank", "dequantize", "quantize"]
+__all__ = ["INT16_SCALE", "SyntheticBank", "dequantize", "quantize"]
 
 _COPY_ITEMS = 64
 
@@ -123,6 +123,12 @@ class SyntheticBank:
     def item_shape(self) -> tuple[int, ...]:
         """Shape ``(C, S, S, S)`` of one item."""
         return tuple(self.manifest["item_shape"])
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Names of the item channels: a bank does not record them, so the defaults of
+        `tumoraug.config.channel_names` (``ch0, ch1, ...`` for several channels)."""
+        return channel_names((), self.item_shape[0])
 
     @property
     def model_id(self) -> str:
@@ -372,57 +378,6 @@ class SyntheticBank:
         atomic_write_json(manifest_path(self.path), manifest)
         self.manifest = manifest
         return self
-
-
-class BankBatches(Dataset):
-    """A bank as a Dataset of whole batches: item ``k`` is ``(images (B,C,S,S,S), labels (B,))``.
-
-    The fastest way to train on a bank: one read and one dequantisation per batch, written
-    straight into shared memory inside DataLoader workers, no per-item objects and no
-    collate copy. Use it with ``DataLoader(BankBatches(bank, 8), batch_size=None,
-    num_workers=2)``; ``set_epoch`` draws a new, reproducible order (``shuffle=True``).
-    """
-
-    def __init__(
-        self,
-        bank: SyntheticBank | str | os.PathLike[str],
-        batch_size: int,
-        *,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-    ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.bank = bank if isinstance(bank, SyntheticBank) else SyntheticBank.open(bank)
-        self.batch_size, self.shuffle, self.seed, self.drop_last = (
-            batch_size,
-            shuffle,
-            seed,
-            drop_last,
-        )
-        self._labels = torch.tensor(self.bank.labels, dtype=torch.long)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Order of epoch ``epoch`` (a permutation seeded by ``(seed, epoch)`` when shuffling)."""
-        n = len(self.bank)
-        rng = np.random.default_rng([self.seed, int(epoch)])
-        self.order = rng.permutation(n) if self.shuffle else np.arange(n)
-
-    def __len__(self) -> int:
-        n, b = len(self.bank), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range for {len(self)} batches")
-        ids = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        stored = self.bank.array[ids]
-        out = torch.empty(stored.shape, dtype=torch.float32)
-        if get_worker_info() is not None:
-            out.share_memory_()  # the DataLoader then passes it on without another copy
-        return dequantize(stored, out=out), self._labels[torch.from_numpy(ids)]
 
 
 def _write_items(

@@ -47,7 +47,8 @@ class Source(Protocol):
     ``volumes(labels, seeds)`` returns ``(N, C, S, S, S)`` float32 on the CPU in [-1, 1],
     volume ``j`` determined by ``(labels[j], seeds[j])`` alone; ``model_id`` names the model
     the volumes come from; ``settings`` the sampling settings they were made with (a
-    JSON-compatible dict); ``device`` where they are computed.
+    JSON-compatible dict); ``device`` where they are computed. A source may also name the
+    C channels of its volumes in ``modalities`` (exports then write a file per channel).
     """
 
     model_id: str
@@ -170,6 +171,12 @@ class GeneratorSource:
     def settings(self) -> dict[str, Any]:
         """The sampling settings as a JSON-compatible dict."""
         return self.sampling.to_dict()
+
+    @property
+    def modalities(self) -> tuple[str, ...] | None:
+        """Names of the channels of the volumes (None when the generator does not name them)."""
+        names = getattr(self.generator, "modalities", None)
+        return None if names is None else tuple(names)
 
     @property
     def device(self) -> str:

@@ -55,9 +55,11 @@ def quantize(volumes: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
     raise ConfigError(f"bank dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
-def dequantize(stored: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Stored array -> float32 tensor in [-1, 1] (the exact inverse map of `quantize`).
+def dequantize(stored: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Stored values -> float32 tensor in [-1, 1] (the exact inverse map of `quantize`).
 
+    ``stored``: an int16 or float16 array, or a CPU tensor of one (e.g. a batch of
+    ``BankBatches(..., raw=True)``); the same values give the same bits either way.
     ``out``: a float32 CPU tensor of the same shape to write into (e.g. in shared memory).
     """
     stored = np.asarray(stored)

@@ -451,6 +451,11 @@ class ROIDataset(tio.SubjectsDataset):
         """Subject id of every item."""
         return [e["subject"] for e in self._entries]
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality of each image channel, in order (``preprocess --modalities``)."""
+        return tuple(self.manifest.get("modalities") or ())
+
     def __len__(self) -> int:
         return len(self._entries)
 

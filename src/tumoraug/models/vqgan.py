@@ -200,22 +200,29 @@ class VectorQuantizer(nn.Module):
         """The codes as unit vectors, float32 ``(K, D)``."""
         return F.normalize(self.codebook.float(), dim=1)
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens ``(B, d, h, w)`` -> unit-norm code vectors ``(B, D, d, h, w)``."""
+    def check_tokens(self, tokens: torch.Tensor, *, ids: bool = True) -> None:
+        """Raise `DataError` unless ``tokens`` is an integer ``(B, d, h, w)`` grid of ids in
+        ``[0, codebook_size)``; ``ids=False`` checks only dtype and shape (no host sync)."""
         if tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 4:
             raise DataError(
                 f"tokens: expected an integer tensor (B, d, h, w), got {tokens.dtype} "
                 f"{tuple(tokens.shape)}"
             )
-        if (
-            tokens.numel()
-            and not tokens.is_meta
-            and (tokens.min() < 0 or tokens.max() >= self.codebook_size)
-        ):
+        if not ids or not tokens.numel() or tokens.is_meta:
+            return
+        low, high = torch.stack([tokens.min(), tokens.max()]).tolist()  # one host sync
+        if low < 0 or high >= self.codebook_size:
             raise DataError(
-                f"tokens: ids must be in [0, {self.codebook_size}), got "
-                f"[{int(tokens.min())}, {int(tokens.max())}]"
+                f"tokens: ids must be in [0, {self.codebook_size}), got [{low}, {high}]"
             )
+
+    def embed(self, tokens: torch.Tensor, *, check_ids: bool = True) -> torch.Tensor:
+        """Tokens ``(B, d, h, w)`` -> unit-norm code vectors ``(B, D, d, h, w)``.
+
+        ``check_ids=False`` skips the range check of the ids, a host sync on every call, for
+        grids known to be valid (the sampler's); a user's grid keeps the clear `DataError`.
+        """
+        self.check_tokens(tokens, ids=check_ids)
         return self.normalized_codebook()[tokens.long()].permute(0, 4, 1, 2, 3)
 
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
@@ -366,9 +373,10 @@ class VQGAN3D(PretrainedMixin, nn.Module):
         vectors stand in for the pre-quantisation features."""
         return self.importance_head(self.quantizer.embed(tokens))
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens ``(B, d, h, w)`` -> ROIs ``(B, C, S, S, S)`` clamped to [-1, 1]."""
-        return self.decoder(self.quantizer.embed(tokens)).clamp(-1.0, 1.0)
+    def decode(self, tokens: torch.Tensor, *, check_ids: bool = True) -> torch.Tensor:
+        """Tokens ``(B, d, h, w)`` -> ROIs ``(B, C, S, S, S)`` clamped to [-1, 1];
+        ``check_ids=False``: see `VectorQuantizer.embed`."""
+        return self.decoder(self.quantizer.embed(tokens, check_ids=check_ids)).clamp(-1.0, 1.0)
 
     @property
     def last_layer(self) -> torch.Tensor:

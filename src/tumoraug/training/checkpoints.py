@@ -42,10 +42,12 @@ METRICS_NAME = "metrics.jsonl"
 RUN_NAME = "run.json"
 RESULT_FIELDS = (
     "batch_size", "grad_accum_steps", "lr", "warmup_steps", "max_grad_norm", "seed",
-    "mixed_precision", "lr_schedule", "min_lr_ratio",
+    "mixed_precision", "lr_schedule", "min_lr_ratio", "cpu_bf16",
 )  # fmt: skip
 """The `TrainConfig` fields that change what a run computes (``steps`` only says how long)."""
-ADDED_LATER = {"train.lr_schedule": "constant", "train.min_lr_ratio": 0.1}
+ADDED_LATER = {
+    "train.lr_schedule": "constant", "train.min_lr_ratio": 0.1, "train.cpu_bf16": False,
+}  # fmt: skip
 """Run-record entries that older records lack, with the value those runs trained with."""
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 

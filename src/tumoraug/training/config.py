@@ -30,7 +30,9 @@ class TrainConfig(Config):
     ``max_grad_norm`` (None: no clipping); a checkpoint every
     ``checkpoint_every`` steps (the last ``keep_checkpoints`` kept), a metrics line every
     ``log_every`` and a PNG every ``image_every`` steps (0: never); bf16 autocast on CUDA
-    when ``mixed_precision``; activation recomputation with ``gradient_checkpointing``.
+    when ``mixed_precision``, and on the CPU too with ``cpu_bf16`` (the CPU twin of the CUDA
+    path, to run it without a GPU; float32 on the CPU otherwise); activation recomputation
+    with ``gradient_checkpointing``.
     The presets ``"tokenizer"`` and ``"transformer"`` are each stage's defaults.
     """
 
@@ -49,6 +51,7 @@ class TrainConfig(Config):
     device: str = "auto"
     seed: int = 0
     mixed_precision: bool = True
+    cpu_bf16: bool = False
     gradient_checkpointing: bool = False
     num_workers: int = 0
 
@@ -90,6 +93,12 @@ class TrainConfig(Config):
             name, "min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio,
         )  # fmt: skip
         check(isinstance(self.device, str), name, "device", "a device name", self.device)
+        check(isinstance(self.cpu_bf16, bool), name, "cpu_bf16", "a bool", self.cpu_bf16)
+        check(
+            self.mixed_precision or not self.cpu_bf16,
+            name, "cpu_bf16", "False when mixed_precision is False (float32 everywhere)",
+            self.cpu_bf16,
+        )  # fmt: skip
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step`` (0-based): warm-up, then the schedule."""

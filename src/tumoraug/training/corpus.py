@@ -89,12 +89,12 @@ class TokenCorpus(Dataset):
 
 
 def tokenizer_fingerprint(tokenizer: nn.Module) -> str:
-    """SHA-256 of a tokenizer's config and parameters (changes whenever either changes).
+    """SHA-256 of a tokenizer's architecture and parameters (changes whenever either changes).
 
-    Buffers are left out: the codebook usage counters change while encoding, the mapping
-    from ROIs to tokens does not.
+    Buffers and the channel names are left out: the codebook usage counters change while
+    encoding, the names label the data; the mapping from ROIs to tokens changes with neither.
     """
-    digest = hashlib.sha256(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(tokenizer.config.architecture(), sort_keys=True).encode())
     for name, tensor in sorted(tokenizer.named_parameters()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -127,6 +127,7 @@ def encode_corpus(
     *,
     batch_size: int = 8,
     device: str | torch.device = "auto",
+    cpu_bf16: bool = False,
 ) -> TokenCorpus:
     """Encode every ROI of ``data`` once into tokens + importance + labels.
 
@@ -135,7 +136,8 @@ def encode_corpus(
     written there, and an existing file is re-used (without running the tokenizer) when its
     key, a hash of the tokenizer weights and the data (`data_fingerprint`: the cache's
     subjects, labels, shapes and file hashes), still matches; datasets without a
-    ``manifest`` are always re-encoded.
+    ``manifest`` are always re-encoded. The tokenizer runs under bf16 autocast on CUDA, and on
+    the CPU too with ``cpu_bf16``.
     """
     tokenizer, data = as_tokenizer(tokenizer), as_dataset(data)
     data_key = data_fingerprint(data)
@@ -161,7 +163,7 @@ def encode_corpus(
                 subject_tensors(data[i]) for i in range(start, min(start + batch_size, len(data)))
             ]
             images = torch.cat([item[0] for item in items]).to(device)
-            with autocast(device):
+            with autocast(device, cpu_bf16=cpu_bf16):
                 grid, score = tokenizer.encode(images)
             tokens.append(grid.long().cpu())
             importance.append(score.float().cpu())

@@ -2,9 +2,9 @@
 
 A *task* says what to train and how to compute the loss of one batch; a `TrainConfig` says
 how long, how big and how often; `fit` does the rest:
-device choice, bf16 autocast on CUDA, gradient accumulation, gradient clipping, linear
-warm-up, DDP under ``torchrun``, atomic checkpoints, exact resume, a progress bar,
-``metrics.jsonl`` and periodic PNGs.
+device choice, bf16 autocast on CUDA (and on the CPU with ``cpu_bf16``), gradient
+accumulation, gradient clipping, linear warm-up, DDP under ``torchrun``, atomic checkpoints,
+exact resume, a progress bar, ``metrics.jsonl`` and periodic PNGs.
 
 API
 ---
@@ -35,7 +35,8 @@ Subclass `TrainingTask` (or write any object with the same methods)::
   each loss is back-propagated only into its optimizer's parameters, and only optimizers
   that received a loss in this step are stepped), ``metrics`` are extra scalars to log.
   A plain tensor means ``StepOutput({<the only optimizer>: loss})``. The call runs under
-  bf16 autocast on CUDA; the batch is already on the device.
+  bf16 autocast on CUDA (on the CPU too with ``train.cpu_bf16``; no grad scaling: bf16
+  keeps float32's range); the batch is already on the device.
 * Randomness inside a task should come from ``ctx.rng(salt)`` (seeded by seed, step,
   micro-step, rank and salt) or the global torch RNG (checkpointed per rank); both keep
   resume exact.
@@ -397,7 +398,7 @@ def _fit(
                         for m in modules.values():
                             if isinstance(m, DistributedDataParallel):
                                 stack.enter_context(m.no_sync())
-                    with autocast(device, train.mixed_precision):
+                    with autocast(device, train.mixed_precision, cpu_bf16=train.cpu_bf16):
                         out = task.training_step(batch, ctx)
                     if isinstance(out, torch.Tensor):
                         (only,) = optimizers

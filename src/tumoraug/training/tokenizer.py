@@ -29,6 +29,7 @@ outputs, and the share of the codebook used in that window is logged as ``codebo
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -183,7 +184,7 @@ class TokenizerTask(TrainingTask):
         self._last_z_e: torch.Tensor | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "recipe": self.recipe.to_dict()}
+        return {"config": self.config.architecture(), "recipe": self.recipe.to_dict()}
 
     def modules(self) -> dict[str, nn.Module]:
         modules: dict[str, nn.Module] = {"tokenizer": self.model}
@@ -283,6 +284,7 @@ def train_tokenizer(
     any dataset whose items `tumoraug.data.subject_tensors` understands; ``train`` defaults
     to ``TrainConfig.preset("tokenizer")``. The model is initialised from ``train.seed``;
     with ``resume`` the newest checkpoint in ``output_dir/checkpoints`` is continued exactly.
+    A ROI cache's modality names are recorded in the saved config (`with_cache_modalities`).
     Load the result with ``VQGAN3D.from_pretrained(output_dir / "tokenizer")``.
     """
     if isinstance(config, str):
@@ -301,6 +303,7 @@ def train_tokenizer(
             f"TokenizerConfig: expects ROIs of shape {expected} (in_channels, roi_size³), the "
             f"data has {tuple(image.shape[1:])}; set roi_size / in_channels (CLI: --roi-size)"
         )
+    config = with_cache_modalities(config, data)
     torch.manual_seed(train.seed)
     task = TokenizerTask(
         VQGAN3D(config), recipe, lr=train.lr, perceptual_net=perceptual_net,
@@ -310,6 +313,58 @@ def train_tokenizer(
         task, data, output_dir, train, resume=resume, collate_fn=collate_rois, progress=progress,
         identity={"data": data_fingerprint(data)},
     )  # fmt: skip
+
+
+def with_cache_modalities(config: TokenizerConfig, data: Any) -> TokenizerConfig:
+    """``config`` naming its channels after the modalities of a ROI cache ``data``.
+
+    Data that does not name them (not an ``ROIDataset``) leaves ``config`` as it is; a
+    config that names other modalities than the cache holds is a `ConfigError` naming both.
+    """
+    cached = tuple(getattr(data, "modalities", None) or ())
+    if not cached:
+        return config
+    if config.modalities and tuple(config.modalities) != cached:
+        raise ConfigError(
+            f"TokenizerConfig.modalities: {', '.join(config.modalities)}, but the ROI cache "
+            f"{getattr(data, 'cache_dir', '')} holds {', '.join(cached)} (in this order)"
+        )
+    return config.replace(modalities=cached)
+
+
+def cache_config(
+    config: TokenizerConfig, cache_dir: str | Path, given: dict[str, tuple[str, Any]]
+) -> TokenizerConfig:
+    """``config`` with the input shape of the ROI cache in ``cache_dir``: ``roi_size`` from
+    its ``size``, ``in_channels`` and ``modalities`` from its ``modalities``.
+
+    ``given``: the fields the user chose, as ``field: (where, value)``; one that disagrees
+    with the cache is a `ConfigError` naming the cache, where the value came from and both
+    values.
+    """
+    from tumoraug.data.cache import MANIFEST_NAME, read_manifest
+
+    path = Path(cache_dir) / MANIFEST_NAME
+    manifest = read_manifest(cache_dir)
+    modalities = tuple(manifest.get("modalities") or ())
+    cached = {
+        "roi_size": manifest.get("size"),
+        "in_channels": len(modalities),
+        "modalities": modalities,
+    }
+    for field, (where, value) in given.items():
+        if value != cached[field]:
+            raise ConfigError(
+                f"{path}: the cache holds {cached['roi_size']}³ ROIs of {len(modalities)} "
+                f"channel(s) ({', '.join(modalities)}), but {where} sets {field}={value!r}, "
+                f"not {cached[field]!r}; leave it out (it is read from the cache) "
+                "or preprocess the data again to that shape (tumoraug preprocess --size, "
+                "--modalities)"
+            )
+    try:
+        return config.replace(**cached)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: the cache's ROIs do not fit the architecture: {exc}") from None
 
 
 def run_tokenizer_training(
@@ -325,15 +380,26 @@ def run_tokenizer_training(
 ) -> FitResult:
     """`train_tokenizer` from a preset (or a config file) and `TrainConfig` overrides.
 
-    The architecture is the ``preset`` (or ``config_file``) with ``roi_size`` applied, the
+    The architecture is the ``preset`` (or ``config_file``) with the input shape of the ROI
+    cache (`cache_config`: its size overrides the preset's ``roi_size``; ``roi_size`` or a
+    config file's ``roi_size`` / ``in_channels`` / ``modalities`` must agree with it), the
     recipe the preset's, the training options ``TrainConfig.preset("tokenizer")`` with
     ``train`` applied: what ``tumoraug train-tokenizer`` runs.
     """
-    config = (
-        TokenizerConfig.from_json(config_file) if config_file else TokenizerConfig.preset(preset)
-    )
+    given: dict[str, tuple[str, Any]] = {}
+    if config_file:
+        config = TokenizerConfig.from_json(config_file)
+        named = json.loads(Path(config_file).read_text())  # the fields the file sets itself
+        given = {
+            field: (str(config_file), getattr(config, field))
+            for field in ("roi_size", "in_channels", "modalities")
+            if field in named and (field != "modalities" or config.modalities)
+        }
+    else:
+        config = TokenizerConfig.preset(preset)
     if roi_size is not None:
-        config = config.replace(roi_size=roi_size)
+        given["roi_size"] = ("--roi-size", roi_size)
+    config = cache_config(config, cache_dir, given)
     run = TrainConfig.preset("tokenizer", **(train or {}))
     recipe = TokenizerRecipe.for_preset(preset)
     return train_tokenizer(

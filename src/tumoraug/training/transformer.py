@@ -291,6 +291,13 @@ def resolve_corpus(
                 f"{expected} (in_channels, roi_size³); give the tokenizer trained on this data "
                 "(CLI: --tokenizer)"
             )
+        cached = tuple(getattr(data, "modalities", None) or ())
+        if c.modalities and cached and tuple(c.modalities) != cached:
+            raise ConfigError(
+                f"{source[1]}: ROIs of the modalities {', '.join(cached)}, but the tokenizer "
+                f"{source[0]} was trained on {', '.join(c.modalities)} (in this order); give "
+                "the tokenizer trained on this data (CLI: --tokenizer)"
+            )
     elif isinstance(source, TokenCorpus | str | Path):
         corpus = source if isinstance(source, TokenCorpus) else TokenCorpus.load(source)
         data = corpus
@@ -316,7 +323,7 @@ def resolve_corpus(
     if corpus is None:
         corpus = encode_corpus(
             encoder, data, output_dir / CORPUS_NAME, batch_size=train.batch_size,
-            device=train.device,
+            device=train.device, cpu_bf16=train.cpu_bf16,
         )  # fmt: skip
     return corpus, tokenizer, identity
 
@@ -341,7 +348,7 @@ def validation_corpus(
     else:
         held_out = encode_corpus(
             tokenizer, as_dataset(validation), output_dir / VALIDATION_CORPUS_NAME,
-            batch_size=train.batch_size, device=train.device,
+            batch_size=train.batch_size, device=train.device, cpu_bf16=train.cpu_bf16,
         )  # fmt: skip
     if (held_out.codebook_size, held_out.token_grid) != (corpus.codebook_size, corpus.token_grid):
         raise ConfigError(
