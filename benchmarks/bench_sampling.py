@@ -1,16 +1,28 @@
-"""Sampling speed of `TumorGenerator.generate`: ROIs/s and network evaluations per ROI.
+"""Sampling speed of `TumorGenerator`: ROIs/s, seconds per phase, network evaluations per ROI.
 
 Weights are random (speed does not depend on them). Settings:
 
-* 32³ and 64³ on CPU: the ``tiny`` tokenizer at that ROI size (8³ / 16³ tokens) and a small
+* 32³ and 64³: the ``tiny`` tokenizer at that ROI size (8³ / 16³ tokens) and a small
   transformer (dim 96, depth 3, 4 heads);
-* 128³ on CUDA when present: the ``brats128`` presets of both stages (16³ = 4096 tokens).
+* 128³ (by default on CUDA only; ``--sizes 128`` runs it on the CPU too): the presets of
+  both stages named by ``--presets``, side by side in one run: ``brats128`` (16³ = 4096
+  tokens, the default) and ``paper128`` (the paper's 8³ = 512 tokens). ``--preset-size N``
+  builds them at N³ instead (a smoke run of these rows on any machine).
 
-Network evaluations are counted with a forward hook on the transformer (rows evaluated per
-ROI): ``steps``, or ``2 * steps`` with classifier-free guidance.
+Each row times the two halves of `TumorGenerator.volumes` apart, in seconds per ROI:
+``sampling`` (`generate_tokens`: the transformer passes and the token draws between them)
+and ``decode`` (the tokenizer's decoder, one grid at a time). Network evaluations are
+counted with a forward hook on the transformer (rows evaluated per ROI): ``steps``, or
+``2 * steps`` with classifier-free guidance. A first table lists each model's parameters and
+the GFLOPs of one transformer pass and of one decode per ROI, counted on the meta device
+(shapes only, nothing computed).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_sampling.py            # CPU part
-    python benchmarks/bench_sampling.py --sizes 128 --device cuda    # GPU part
+    python benchmarks/bench_sampling.py --sizes 128 --device cuda --presets brats128,paper128
+    python benchmarks/bench_sampling.py --sizes 128 --device cpu --presets brats128,paper128 \\
+        --steps 12 --guidance 1.5 --n 1 --batch-size 1              # 128³ on the CPU
+    OMP_NUM_THREADS=1 python benchmarks/bench_sampling.py --sizes 128 \\
+        --presets brats128,paper128 --preset-size 32 --steps 2 --n 2 --batch-size 2  # smoke
 """
 
 from __future__ import annotations
@@ -19,54 +31,98 @@ import argparse
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from tumoraug import TumorGenerator
 from tumoraug.config import TokenizerConfig, TransformerConfig
 from tumoraug.models.transformer import MaskedTransformer
 from tumoraug.models.vqgan import VQGAN3D
-from tumoraug.sampling import SamplingConfig
+from tumoraug.sampling import SamplingConfig, per_sample_seeds
+
+Configs = tuple[TokenizerConfig, TransformerConfig]
 
 
-def build(size: int, device: str) -> TumorGenerator:
-    """A random-weight generator for ``size``³ ROIs."""
-    torch.manual_seed(0)
-    if size == 128:
-        tokenizer_config = TokenizerConfig.preset("brats128")
-        transformer_config = TransformerConfig.preset("brats128")
+def configs(size: int, preset: str | None, preset_size: int | None) -> Configs:
+    """Both stages' configs: the ``tiny`` pair at ``size``³, or a preset pair (at 128³, or at
+    ``preset_size``³ when given); the transformer takes the tokenizer's grid and codebook."""
+    if preset is None:
+        tokenizer = TokenizerConfig.preset("tiny", roi_size=size)
+        transformer = TransformerConfig.preset("tiny", dim=96, depth=3, heads=4)
     else:
-        tokenizer_config = TokenizerConfig.preset("tiny", roi_size=size)
-        transformer_config = TransformerConfig.preset("tiny", dim=96, depth=3, heads=4)
-    transformer_config = transformer_config.replace(
-        codebook_size=tokenizer_config.codebook_size, token_grid=tokenizer_config.token_grid
+        tokenizer = TokenizerConfig.preset(preset, roi_size=preset_size or size)
+        transformer = TransformerConfig.preset(preset)
+    return tokenizer, transformer.replace(
+        codebook_size=tokenizer.codebook_size, token_grid=tokenizer.token_grid
     )
+
+
+def costs(config: Configs) -> dict[str, float]:
+    """Parameters (millions) of both stages and GFLOPs of one transformer pass and of one
+    decode for one ROI, from models on the meta device (shapes only: free even at 128³)."""
+    tokenizer_config, transformer_config = config
+    with torch.device("meta"):
+        tokenizer = VQGAN3D(tokenizer_config).eval()
+        transformer = MaskedTransformer(transformer_config).eval()
+        tokens = torch.zeros(1, *tokenizer_config.token_grid, dtype=torch.long)
+        with FlopCounterMode(display=False) as one_pass:
+            transformer(tokens, torch.zeros(1, dtype=torch.long))
+        with FlopCounterMode(display=False) as decode:
+            tokenizer.decode(tokens, check_ids=False)
+    return {
+        "tokenizer_m": sum(p.numel() for p in tokenizer.parameters()) / 1e6,
+        "transformer_m": sum(p.numel() for p in transformer.parameters()) / 1e6,
+        "pass_gflop": one_pass.get_total_flops() / 1e9,
+        "decode_gflop": decode.get_total_flops() / 1e9,
+    }
+
+
+def build(config: Configs, device: str) -> TumorGenerator:
+    """A random-weight generator of these configs."""
+    torch.manual_seed(0)
+    tokenizer_config, transformer_config = config
     return TumorGenerator(
         VQGAN3D(tokenizer_config), MaskedTransformer(transformer_config), device=device
     )
 
 
+def clock(device: torch.device) -> float:
+    """Seconds on a monotonic clock, after the device's queued work has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def measure(generator: TumorGenerator, n: int, steps: int, guidance: float, batch: int) -> dict:
+    """Sample and decode ``n`` ROIs of mixed grades as `TumorGenerator.volumes` does, timing
+    the two phases apart, after a warm-up batch of one round."""
     rows: list[int] = []
     hook = generator.transformer.register_forward_hook(
         lambda module, args, out: rows.append(len(args[1]))
     )
-    labels = ["HGG", "LGG"] * (n // 2) + ["HGG"] * (n % 2)
+    labels = [1, 0] * (n // 2) + [1] * (n % 2)
+    seeds = per_sample_seeds(0, n)
+    sampling = SamplingConfig(steps=steps, guidance_scale=guidance)
+    seconds = {"sampling": 0.0, "decode": 0.0}
     try:
-        warm_up = SamplingConfig(steps=2, guidance_scale=guidance)
-        generator.generate(labels[:batch], seed=1, sampling=warm_up)
+        warm_up = SamplingConfig(steps=1, guidance_scale=guidance)
+        generator.decode(generator.generate_tokens(labels[:batch], seeds[:batch], warm_up))
         rows.clear()
-        if generator.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        sampling = SamplingConfig(steps=steps, guidance_scale=guidance)
-        generator.generate(labels, seed=0, sampling=sampling, batch_size=batch)
-        if generator.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
+        for lo in range(0, n, batch):
+            part = slice(lo, lo + batch)
+            start = clock(generator.device)
+            tokens = generator.generate_tokens(labels[part], seeds[part], sampling)
+            middle = clock(generator.device)
+            generator.decode(tokens)
+            seconds["sampling"] += middle - start
+            seconds["decode"] += clock(generator.device) - middle
     finally:
         hook.remove()
+    total = seconds["sampling"] + seconds["decode"]
     return {
-        "rois_per_s": n / elapsed,
-        "s_per_roi": elapsed / n,
+        "rois_per_s": n / total,
+        "s_per_roi": total / n,
+        "sampling_s_per_roi": seconds["sampling"] / n,
+        "decode_s_per_roi": seconds["decode"] / n,
         "evals_per_roi": sum(rows) / n,
         "forward_calls": len(rows),
     }
@@ -75,33 +131,61 @@ def measure(generator: TumorGenerator, n: int, steps: int, guidance: float, batc
 def main() -> None:
     parser = argparse.ArgumentParser(description="TumorGenerator sampling speed")
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--presets", default="brats128", help="comma-separated presets of the 128³ rows"
+    )
+    parser.add_argument(
+        "--preset-size", type=int, default=None, help="build the presets at N³ (smoke run)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 12, 16])
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--n", type=int, default=None, help="ROIs per setting")
     args = parser.parse_args()
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    for preset in presets:
+        if preset not in TokenizerConfig.presets or preset not in TransformerConfig.presets:
+            parser.error(f"--presets: {preset!r} is not a preset of both stages")
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
     device = "cuda" if cuda else "cpu"
     sizes = args.sizes or ([32, 64, 128] if cuda else [32, 64])
+    models: list[tuple[str, Configs]] = []
+    for size in sizes:
+        if size == 128:
+            models += [(p, configs(size, p, args.preset_size)) for p in presets]
+        else:
+            models.append(("tiny", configs(size, None, None)))
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"device: {name}; torch {torch.__version__}; batch size {args.batch_size}\n")
-    print("| ROI | tokens | steps | guidance | ROIs/s | s/ROI | net evals/ROI | forward calls |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size in sizes:
-        if size == 128 and not cuda:
-            continue
-        generator = build(size, device)
-        n = args.n or {32: 8, 64: 4, 128: 16}.get(size, 4)
-        tokens = generator.transformer_config.num_tokens
+    print("| model | ROI | tokens | tokenizer params | transformer params "
+          "| GFLOP per transformer pass | GFLOP per decode |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for label, (tokenizer, transformer) in models:
+        c = costs((tokenizer, transformer))
+        print(
+            f"| {label} | {tokenizer.roi_size}³ | {transformer.num_tokens} "
+            f"| {c['tokenizer_m']:.2f} M | {c['transformer_m']:.2f} M "
+            f"| {c['pass_gflop']:.1f} | {c['decode_gflop']:.1f} |"
+        )
+    print("\n| model | ROI | tokens | steps | guidance | ROIs/s | s/ROI | sampling s/ROI "
+          "| decode s/ROI | net evals/ROI | forward calls |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for label, config in models:
+        generator = build(config, device)
+        size, tokens = config[0].roi_size, config[1].num_tokens
+        n = args.n or {32: 8, 64: 4}.get(size, 16 if cuda else 1)
         for steps in args.steps:
             for guidance in args.guidance:
                 r = measure(generator, n, steps, guidance, args.batch_size)
                 print(
-                    f"| {size}³ | {tokens} | {steps} | {guidance:g} | {r['rois_per_s']:.2f} | "
-                    f"{r['s_per_roi']:.3f} | {r['evals_per_roi']:.0f} | {r['forward_calls']} |",
+                    f"| {label} | {size}³ | {tokens} | {steps} | {guidance:g} "
+                    f"| {r['rois_per_s']:.3f} | {r['s_per_roi']:.3f} "
+                    f"| {r['sampling_s_per_roi']:.3f} | {r['decode_s_per_roi']:.3f} "
+                    f"| {r['evals_per_roi']:.0f} | {r['forward_calls']} |",
                     flush=True,
                 )
+        del generator  # freed before the next model is built
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ class TransformerConfig(Config):
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "brats128": {"token_grid": (16, 16, 16), "dim": 512, "depth": 12, "heads": 8},
+        # The paper's 8³ grid (TokenizerConfig "paper128") with brats128's width, depth and
+        # heads, so that the two transformers differ by the grid alone (docs/tokenizer.md).
+        "paper128": {"token_grid": (8, 8, 8), "codebook_size": 1024, "dim": 512, "depth": 12},
         "tiny": {"token_grid": (4, 4, 4), "codebook_size": 64, "dim": 64, "depth": 2, "heads": 4},
     }
 
@@ -201,8 +204,9 @@ class TokenizerConfig(Config):
     grade classifier head behind the importance scores (`tumoraug.models.importance`). The
     encoder halves the ROI once per
     entry of ``channel_mult`` after the first, so the token grid is
-    ``roi_size / 2**(len(channel_mult) - 1)`` per axis. Widths of the ``brats128`` preset
-    and why: see ``docs/tokenizer.md``. ``modalities`` names the input channels in order
+    ``roi_size / 2**(len(channel_mult) - 1)`` per axis. Widths of the ``brats128`` (16³
+    tokens) and ``paper128`` (8³, the paper's grid) presets and why: see
+    ``docs/tokenizer.md``. ``modalities`` names the input channels in order
     (the ROI cache's, e.g. ``("flair", "t1ce", "t2", "t1")``; empty when not recorded, as in
     tokenizers saved before it existed): exports name their files by it (`channel_names`).
     It labels the data without changing the network, so fingerprints and run records leave
@@ -225,6 +229,17 @@ class TokenizerConfig(Config):
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "brats128": {"importance_hidden": 64},
+        # The released tokenizer's shape: 128³ -> 8³ in four halvings, widths 32..256 per
+        # resolution, one residual block per level, 1024 codes (docs/tokenizer.md: why the
+        # last level stays at 256 and the codes at 32 dimensions).
+        "paper128": {
+            "channel_mult": (1, 2, 4, 8, 8),
+            "num_res_blocks": 1,
+            "num_mid_blocks": 1,
+            "embed_dim": 32,
+            "codebook_size": 1024,
+            "importance_hidden": 64,
+        },
         "tiny": {
             "roi_size": 16,
             "base_channels": 4,
