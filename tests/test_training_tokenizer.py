@@ -216,5 +216,11 @@ def test_cli_train_tokenizer_on_a_phantom_cache(tmp_path):
     assert "trained 2 steps" in result.stdout
     assert VQGAN3D.from_pretrained(tmp_path / "out" / "tokenizer").config.roi_size == 16
     assert (tmp_path / "out" / "samples" / "step_00000002.png").is_file()
+    bf16 = CliRunner().invoke(
+        app, [*args[:2], str(tmp_path / "bf16"), *args[3:], *options[:6], "--cpu-bf16"]
+    )
+    assert bf16.exit_code == 0, bf16.output
+    record = next((tmp_path / "bf16" / "checkpoints").glob("step_*/run.json"))
+    assert json.loads(record.read_text())["train"]["cpu_bf16"] is True
     missing = CliRunner().invoke(app, ["train-tokenizer", str(tmp_path / "nope"), str(tmp_path)])
     assert missing.exit_code == 1 and "nope" in missing.output

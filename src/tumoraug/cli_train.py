@@ -26,6 +26,7 @@ def train_tokenizer(
     checkpoint_every: int | None = o.CHECKPOINT_EVERY,
     image_every: int | None = o.IMAGE_EVERY,
     grad_checkpointing: bool | None = o.opt("--grad-checkpointing", "Recompute activations."),
+    cpu_bf16: bool | None = o.CPU_BF16,
     device: str | None = o.TRAIN_DEVICE,
     seed: int | None = o.SEED,
     resume: bool = o.RESUME,
@@ -40,7 +41,7 @@ def train_tokenizer(
         train=o.given(
             steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
             checkpoint_every=checkpoint_every, image_every=image_every, device=device,
-            gradient_checkpointing=grad_checkpointing, lr_schedule=lr_schedule,
+            gradient_checkpointing=grad_checkpointing, lr_schedule=lr_schedule, cpu_bf16=cpu_bf16,
         ),
     )  # fmt: skip
     typer.echo(f"trained {result.step} steps; tokenizer in {out_dir}/tokenizer")
@@ -62,6 +63,7 @@ def train_transformer(
     grad_accum: int | None = o.ACCUM,
     lr: float | None = o.LR,
     lr_schedule: str | None = o.LR_SCHEDULE,
+    cpu_bf16: bool | None = o.CPU_BF16,
     warmup: int | None = o.opt("--warmup", "Linear warm-up steps."),
     checkpoint_every: int | None = o.CHECKPOINT_EVERY,
     image_every: int | None = o.IMAGE_EVERY,
@@ -78,7 +80,7 @@ def train_transformer(
         validation=validation, train=o.given(
             steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
             warmup_steps=warmup, checkpoint_every=checkpoint_every, image_every=image_every,
-            device=device, lr_schedule=lr_schedule,
+            device=device, lr_schedule=lr_schedule, cpu_bf16=cpu_bf16,
         ),
     )  # fmt: skip
     typer.echo(f"trained {result.step} steps; model in {out}")
