@@ -2,13 +2,16 @@
 # The issue-10 experiments of docs/results.md, on CPU, on 32³ phantom ROIs:
 #   0. small32 tokenizers on the same 100 training ROIs (phantom seed 0): the paper's
 #      importance, 4000 steps at a constant learning rate and 4500 steps with a cosine decay;
+#      then on 400 (300 more phantoms, seed 3; the same held-out ROIs): the 26 dB tokenizer,
+#      the same with 1024 codes of 16 dimensions, and the recipe at 64³;
 #   1. stage-2 transformers on the 4000-step tokenizer, identical except topk_ratio 0 / 0.25 /
 #      0.5 (hybrid masking on the MaskGIT budget: the arms corrupt the same number of tokens),
 #      the 0.25 arm continued to 3000 steps with held-out scoring (40 phantoms, seed 2), and
 #      the paper's 3D-VQGAN baseline (`--baseline`: one network per grade, MaskGIT masking);
 #   2. the minority grade: the 0.25 recipe on a 60 HGG : 20 LGG subset, with and without the
 #      grade-balanced loss;
-#   3. MMD x 1e4, MS-SSIM and intensity statistics per grade, sample seeds 0, 1, 2, against
+#   3. stage 2 on the 26 dB tokenizer (400 training phantoms) beside the demo;
+#   4. MMD x 1e4, MS-SSIM and intensity statistics per grade, sample seeds 0, 1, 2, against
 #      100 held-out phantoms (seed 1) that no model saw; the downstream sweeps of `evaluate`.
 # The gate-importance arms of docs/results.md ran at commit bb537bf, the last with the gate:
 # scripts/tokenizer_quality.py --importance gate (4000 steps), then train_demo_model.py on
@@ -48,6 +51,21 @@ fi
     --work "$TOKQ" --preset small32 --steps 4000 --batch-size 4 --lr 5e-4
 [ -f "$TOKQ/run_small32_s4500_cosine/quality.json" ] || timed python scripts/tokenizer_quality.py \
     --work "$TOKQ" --preset small32 --steps 4500 --batch-size 4 --lr 5e-4 --lr-schedule cosine
+# the 26 dB tokenizer: 300 more training phantoms (seed 3), the same held-out ROIs; with a
+# larger codebook; and the same recipe at 64³ (batch 2, the steps that fit half an hour)
+TOK26="$TOKQ/run_small32_s3500_extra150/tokenizer"
+[ -f "$TOKQ/run_small32_s3500_extra150/quality.json" ] || timed python scripts/tokenizer_quality.py \
+    --work "$TOKQ" --preset small32 --steps 3500 --batch-size 4 --extra-phantoms 150 \
+    --eval-cache "$W/real_cache32"
+[ -f "$TOKQ/run_small32_s3500_codebook_size1024_embed_dim16_extra150/quality.json" ] || timed \
+    python scripts/tokenizer_quality.py --work "$TOKQ" --preset small32 --steps 3500 \
+    --batch-size 4 --extra-phantoms 150 --eval-cache "$W/real_cache32" \
+    --set codebook_size=1024 --set embed_dim=16
+[ -f "$W/real_cache64/manifest.json" ] || timed tumoraug preprocess "$W/real_phantoms" \
+    "$W/real_cache64" --size 64
+[ -f "$TOKQ/run_small32_roi64_s500_extra150/quality.json" ] || timed python \
+    scripts/tokenizer_quality.py --work "$TOKQ" --preset small32 --roi-size 64 --steps 500 \
+    --batch-size 2 --extra-phantoms 150 --eval-cache "$W/real_cache64"
 
 # 1. Transformers: same tokenizer, data, seed and schedule; only the masking differs.
 for k in 0 0.25 0.5; do
@@ -117,6 +135,16 @@ for s in 0 1 2; do
     [ -f "$W/eval_imb_seed$s/samples.json" ] || timed tumoraug evaluate-samples \
         --data "$W/real_cache32" --model "$W/imb_balanced" --model "$W/imb_plain" --n 32 \
         --seed "$s" --device cpu --out "$W/eval_imb_seed$s"
+done
+
+# 3. Stage 2 on the 26 dB tokenizer, the demo's recipe, beside the demo (same data and seed).
+[ -f "$W/v3_topk0.25/train_summary.json" ] || timed python scripts/train_demo_model.py \
+    --tokenizer "$TOK26" --data "$TOKQ/cache32" --out "$W/v3_topk0.25" --topk-ratio 0.25 \
+    --steps 1500 --batch-size 16 --validation "$W/val_cache32"
+for s in 0 1 2; do
+    [ -f "$W/eval_v3_seed$s/samples.json" ] || timed tumoraug evaluate-samples \
+        --data "$W/real_cache32" --model "$W/demo_v2" --model "$W/v3_topk0.25" --n 32 \
+        --seed "$s" --device cpu --out "$W/eval_v3_seed$s"
 done
 
 python scripts/aggregate_samples.py "$W"/eval_ablation_seed?/samples.json

@@ -11,7 +11,8 @@ the grade accuracy of the importance head.
     OMP_NUM_THREADS=1 python scripts/tokenizer_quality.py --work /tmp/tokq --preset small32 \
         --steps 4000 --batch-size 4 --set codebook_size=1024 --set embed_dim=16
 
-Results go to ``<work>/quality.json`` and are printed as a table.
+Results go to ``<run>/quality.json`` and are printed as a table; the first four held-out
+ROIs and their reconstructions go to ``<run>/held_out_reconstructions.png``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tumoraug.config import TokenizerConfig
 from tumoraug.data import ROIDataset, preprocess, subject_tensors, write_phantom_dataset
 from tumoraug.models.vqgan import VQGAN3D
 from tumoraug.training import TokenizerRecipe, TrainConfig, train_tokenizer
+from tumoraug.viz import save_montage
 
 
 def held_out_quality(model: VQGAN3D, data: Subset) -> dict[str, float]:
@@ -64,6 +66,19 @@ def held_out_quality(model: VQGAN3D, data: Subset) -> dict[str, float]:
         "rois_with_ratio_above_1": sum(r > 1 for r in ratios) / len(ratios),
         **({"grade_accuracy": sum(hits) / len(hits)} if hits else {}),
     }
+
+
+def reconstruction_montage(model: VQGAN3D, data: Subset, path: Path, n: int = 4) -> Path:
+    """PNG of the first ``n`` ROIs of ``data``, each real then reconstructed (centre slices)."""
+    model.eval()
+    rows, names = [], []
+    with torch.no_grad():
+        for i in range(min(n, len(data))):
+            image, _, label = subject_tensors(data[i])
+            rows += [image[0], model.decode(model.encode(image)[0])[0]]
+            grade = "HGG" if int(label[0]) else "LGG"
+            names += [f"{grade} real", f"{grade} rec."]
+    return save_montage(rows, path, row_labels=names)
 
 
 def main() -> None:
@@ -142,6 +157,7 @@ def main() -> None:
         other = held_out_quality(model, ROIDataset(args.eval_cache))
         results.update({f"{args.eval_cache.name}/{k}": v for k, v in other.items()})
     (run_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    reconstruction_montage(model, test, run_dir / "held_out_reconstructions.png")
     width = max(len(k) for k in results)
     for key, value in results.items():
         print(
