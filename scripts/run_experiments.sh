@@ -63,8 +63,8 @@ TOK26="$TOKQ/run_small32_s3500_extra150/tokenizer"
     --set codebook_size=1024 --set embed_dim=16
 [ -f "$W/real_cache64/manifest.json" ] || timed tumoraug preprocess "$W/real_phantoms" \
     "$W/real_cache64" --size 64
-[ -f "$TOKQ/run_small32_roi64_s500_extra150/quality.json" ] || timed python \
-    scripts/tokenizer_quality.py --work "$TOKQ" --preset small32 --roi-size 64 --steps 500 \
+[ -f "$TOKQ/run_small32_roi64_s300_extra150/quality.json" ] || timed python \
+    scripts/tokenizer_quality.py --work "$TOKQ" --preset small32 --roi-size 64 --steps 300 \
     --batch-size 2 --extra-phantoms 150 --eval-cache "$W/real_cache64"
 
 # 1. Transformers: same tokenizer, data, seed and schedule; only the masking differs.
