@@ -35,9 +35,13 @@ def test_version_flag_prints_the_version_and_stops():
     assert result.output.strip() == f"tumoraug {__version__}"
 
 
-def test_shell_completion_script_is_offered():
+def test_shell_completion_script_is_offered(monkeypatch):
+    import shellingham
+
     help_text = CliRunner().invoke(app, ["--help"]).output
     assert "--install-completion" in help_text and "--show-completion" in help_text
-    result = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="tumoraug")
+    # typer detects the shell from the process tree, which a detached test run may lack
+    monkeypatch.setattr(shellingham, "detect_shell", lambda: ("bash", "/bin/bash"))
+    result = CliRunner().invoke(app, ["--show-completion"], prog_name="tumoraug")
     assert result.exit_code == 0, result.output
     assert "_TUMORAUG_COMPLETE" in result.output and "complete" in result.output
