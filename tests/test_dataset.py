@@ -102,8 +102,12 @@ def test_sampling_and_sources(generator, tiny_model_dir):
     assert torch.equal(again.volumes(range(3)), ds.volumes(range(3)))
     with pytest.raises(ConfigError, match="fixed when it was built"):
         SyntheticTumorDataset(ds.source, 3, sampling=FAST)
+    overrides = SyntheticTumorDataset(generator, 3, seed=1, sampling={"steps": FAST.steps})
+    assert overrides.source.sampling == FAST  # a dict overrides the defaults
+    with pytest.raises(ConfigError, match="no sampling setting eta"):
+        SyntheticTumorDataset(generator, 3, sampling={"eta": 0.0})
     with pytest.raises(ConfigError, match="SamplingConfig"):
-        SyntheticTumorDataset(generator, 3, sampling={"steps": 2})
+        SyntheticTumorDataset(generator, 3, sampling=[2])
     with pytest.raises(TypeError):
         SyntheticTumorDataset(generator, 3, steps=2)
     with pytest.raises(ConfigError, match="device"):

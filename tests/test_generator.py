@@ -84,13 +84,17 @@ def test_decode_is_batch_invariant(tiny_model_dir):
     assert generator.decode(tokens[:0]).shape == (0, 1, 16, 16, 16)
 
 
-def test_sampling_settings_come_only_as_a_config(tiny_model_dir):
+def test_sampling_settings_come_as_a_config_or_overrides(tiny_model_dir):
     generator = TumorGenerator.from_pretrained(tiny_model_dir, device="cpu")
     default = generator.generate("HGG", n=1, seed=0, sampling=SamplingConfig(steps=2))
     other = generator.generate("HGG", n=1, seed=0, sampling=SamplingConfig(steps=3))
     assert not torch.equal(default, other)  # the settings reach the sampler
+    overrides = generator.generate("HGG", n=1, seed=0, sampling={"steps": 2})
+    assert torch.equal(default, overrides)  # a dict overrides the defaults' fields
+    with pytest.raises(ConfigError, match="no sampling setting scheduler"):
+        generator.generate("HGG", n=1, sampling={"scheduler": "ddim"})
     with pytest.raises(ConfigError, match="SamplingConfig"):
-        generator.generate("HGG", n=1, sampling={"steps": 2})
+        generator.generate("HGG", n=1, sampling=[2])
     with pytest.raises(TypeError):
         generator.generate("HGG", n=1, steps=2)
 

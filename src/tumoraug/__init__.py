@@ -11,6 +11,7 @@ from tumoraug.augment import (
 from tumoraug.config import TokenizerConfig, TransformerConfig
 from tumoraug.errors import CheckpointError, ConfigError, DataError, LabelError, TumorAugError
 from tumoraug.generator import TumorGenerator
+from tumoraug.generators import open_generator
 from tumoraug.labels import GRADES, to_grade, to_label
 from tumoraug.sampling import SamplingConfig
 from tumoraug.version import __version__
@@ -33,6 +34,7 @@ __all__ = [
     "TumorGenerator",
     "__version__",
     "mix",
+    "open_generator",
     "to_grade",
     "to_label",
 ]

@@ -106,6 +106,7 @@ def generate(
     steps: int | None = o.STEPS,
     guidance: float | None = o.GUIDANCE,
     temperature: float | None = o.TEMPERATURE,
+    scheduler: str | None = o.SCHEDULER,
     batch_size: int = o.opt("--batch-size", "ROIs per forward pass.", 4),
     device: str = o.DEVICE,
     fmt: str = o.opt("--format", "nii.gz or nii.", "nii.gz"),
@@ -120,7 +121,8 @@ def generate(
 
     written = write_samples(
         model, label.split(","), n=n, out_dir=out, bank=bank, bank_dtype=bank_dtype, seed=seed,
-        sampling=o.sampling_config(steps, guidance, temperature), batch_size=batch_size,
+        sampling=o.sampling_config(steps, guidance, temperature, scheduler=scheduler),
+        batch_size=batch_size,
         device=device, fmt=fmt, channels=channels, overwrite=overwrite, progress=True,
     )  # fmt: skip
     typer.echo("\n".join(written))
@@ -152,6 +154,7 @@ def evaluate(
     width: int | None = o.opt("--width", "Channels of tumoraug's classifier's first stage."),
     steps: int | None = o.STEPS,
     guidance: str | None = o.GUIDANCES,
+    scheduler: str | None = o.SCHEDULER,
     device: str = o.DEVICE,
     out: str = o.OUT,
 ) -> None:
@@ -167,7 +170,7 @@ def evaluate(
             seeds=o.number_list(seeds, "--seeds", int),
         ),
         class_ratio=class_ratio, width=width, network=classifier,
-        sampling=o.sampling_config(steps, None, None),
+        sampling=o.sampling_config(steps, None, None, scheduler=scheduler),
         guidance_values=o.number_list(guidance, "--guidance-values"), progress=True,
     )  # fmt: skip
     typer.echo(result.to_markdown(), nl=False)
@@ -183,6 +186,7 @@ def evaluate_samples(
     seed: int = o.opt("--seed", "Base seed of the generated ROIs.", 0),
     steps: int | None = o.STEPS,
     guidance: float | None = o.GUIDANCE,
+    scheduler: str | None = o.SCHEDULER,
     feature_size: int = o.opt("--feature-size", "MMD features: pooled edge.", 16),
     max_pairs: int = o.opt("--max-pairs", "MS-SSIM pairs per set (at most).", 1000),
     device: str = o.DEVICE,
@@ -193,7 +197,8 @@ def evaluate_samples(
 
     report, paths = compare_models(
         data, model, out, n_per_class=n, seed=seed, feature_size=feature_size,
-        sampling=o.sampling_config(steps, guidance, None), max_pairs=max_pairs, device=device,
+        sampling=o.sampling_config(steps, guidance, None, scheduler=scheduler),
+        max_pairs=max_pairs, device=device,
     )  # fmt: skip
     typer.echo(report.to_markdown(), nl=False)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -226,3 +231,4 @@ def push(
 
 app.command("train-tokenizer")(cli_train.train_tokenizer)
 app.command("train-transformer")(cli_train.train_transformer)
+app.command("train-baseline")(cli_train.train_baseline)

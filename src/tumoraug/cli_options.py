@@ -29,15 +29,20 @@ def given(**options: Any) -> dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-def sampling_config(steps: int | None, guidance: float | None, temperature: float | None) -> Any:
-    """A `SamplingConfig` from the sampling options that were given; errors name the option."""
+def sampling_config(
+    steps: int | None, guidance: float | None, temperature: float | None, **more: Any
+) -> dict[str, Any]:
+    """The sampling options that were given, as overrides of the model's own defaults (each
+    generator kind has its settings class); values are checked here so that errors name the
+    option. ``more``: kind-specific settings (e.g. ``scheduler``), passed on as they are."""
     from tumoraug.errors import ConfigError
     from tumoraug.sampling import SamplingConfig
 
     flags = {"steps": "--steps", "guidance_scale": "--guidance", "temperature": "--temperature"}
     options = given(steps=steps, guidance_scale=guidance, temperature=temperature)
     try:
-        return SamplingConfig(**options)
+        SamplingConfig(**options)
+        return {**options, **given(**more)}
     except ConfigError as exc:
         field = str(exc).partition(":")[0].removeprefix("SamplingConfig.")
         raise ConfigError(f"{exc} (CLI: {flags[field]})" if field in flags else str(exc)) from None
@@ -58,7 +63,8 @@ def number_list(
         raise ConfigError(f"{option}: expected comma-separated {what}, got {text!r}") from None
 
 
-STEPS = opt("--steps", "Decoding rounds (default: SamplingConfig).")
+STEPS = opt("--steps", "Decoding rounds / denoising steps (default: the model's settings).")
+SCHEDULER = opt("--scheduler", "Diffusion baselines: ddpm or ddim (default: the model's).")
 TRAIN_STEPS = opt("--steps", "Optimizer steps (default: TrainConfig preset of the stage).")
 BATCH = opt("--batch-size", "Items per step and process.")
 ACCUM = opt("--grad-accum", "Micro-batches per optimizer step.")

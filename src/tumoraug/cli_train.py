@@ -1,4 +1,5 @@
-"""The ``tumoraug`` training commands (``train-tokenizer``, ``train-transformer``).
+"""The ``tumoraug`` training commands (``train-tokenizer``, ``train-transformer``,
+``train-baseline``).
 
 `tumoraug.cli` registers them on the app; like every command they parse options, call one
 library function (`tumoraug.training`) and print.
@@ -84,3 +85,41 @@ def train_transformer(
         ),
     )  # fmt: skip
     typer.echo(f"trained {result.step} steps; model in {out}")
+
+
+@o.friendly_errors
+def train_baseline(
+    kind: str = typer.Argument(..., help="ddpm, latent-diffusion or alpha-wgan."),
+    cache_dir: str = typer.Argument(..., help="ROI cache folder (tumoraug preprocess)."),
+    out_dir: str = typer.Argument(..., help="Output folder (checkpoints, metrics, the model)."),
+    autoencoder: str | None = o.opt(
+        "--autoencoder", "latent-diffusion: tokenizer or model folder that encodes the latents."
+    ),
+    preset: str = o.opt("--preset", "Preset of the baseline: small32 or tiny.", "small32"),
+    config: str | None = o.opt("--config", "The baseline's config JSON file."),
+    steps: int | None = o.TRAIN_STEPS,
+    batch_size: int | None = o.BATCH,
+    grad_accum: int | None = o.ACCUM,
+    lr: float | None = o.LR,
+    lr_schedule: str | None = o.LR_SCHEDULE,
+    warmup: int | None = o.opt("--warmup", "Linear warm-up steps."),
+    checkpoint_every: int | None = o.CHECKPOINT_EVERY,
+    image_every: int | None = o.IMAGE_EVERY,
+    cpu_bf16: bool | None = o.CPU_BF16,
+    device: str | None = o.TRAIN_DEVICE,
+    seed: int | None = o.SEED,
+    resume: bool = o.RESUME,
+) -> None:
+    """Train a comparison system (docs/baselines.md); OUT_DIR becomes a model folder that
+    generate, evaluate and evaluate-samples take like any tumoraug model."""
+    from tumoraug.training.baselines import run_baseline_training
+
+    result = run_baseline_training(
+        kind, cache_dir, out_dir, autoencoder=autoencoder, preset=preset, config_file=config,
+        resume=resume, train=o.given(
+            steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
+            warmup_steps=warmup, checkpoint_every=checkpoint_every, image_every=image_every,
+            device=device, lr_schedule=lr_schedule, cpu_bf16=cpu_bf16,
+        ),
+    )  # fmt: skip
+    typer.echo(f"trained {result.step} steps; model in {out_dir}")

@@ -45,7 +45,7 @@ def autocast(
     return contextlib.nullcontext()
 
 
-OPTIONAL_EXTRAS = {"monai": "monai"}
+OPTIONAL_EXTRAS = {"monai": "monai", "baselines": "monai"}
 """Optional extras of tumoraug and the package each one brings."""
 
 

@@ -43,6 +43,7 @@ from tumoraug.checkpoint import (
 )
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.generator import TumorGenerator
+from tumoraug.generators import FolderGenerator, Settings, open_generator
 from tumoraug.hub import model_card
 from tumoraug.labels import LabelLike, to_grade, to_labels
 from tumoraug.nifti import (
@@ -58,7 +59,7 @@ from tumoraug.nifti import (
     set_sample_hashes,
 )
 from tumoraug.progress import progress_bar
-from tumoraug.sampling import SamplingConfig, per_sample_seeds
+from tumoraug.sampling import per_sample_seeds
 from tumoraug.version import __version__
 
 __all__ = [
@@ -320,7 +321,7 @@ def generate_to_folder(
     *,
     n: int = 1,
     seed: int = 0,
-    sampling: SamplingConfig | None = None,
+    sampling: Settings = None,
     batch_size: int = 8,
     fmt: str = "nii.gz",
     channels: str = "split",
@@ -358,7 +359,7 @@ def generate_to_folder(
 
 
 def write_samples(
-    model: TumorGenerator | str | os.PathLike[str] | None,
+    model: FolderGenerator | str | os.PathLike[str] | None,
     labels: LabelLike | Iterable[LabelLike],
     *,
     n: int = 1,
@@ -366,7 +367,7 @@ def write_samples(
     bank: str | Path | None = None,
     bank_dtype: str = "int16",
     seed: int = 0,
-    sampling: SamplingConfig | None = None,
+    sampling: Settings = None,
     batch_size: int = 8,
     device: str = "auto",
     fmt: str = "nii.gz",
@@ -376,12 +377,13 @@ def write_samples(
 ) -> list[str]:
     """``n`` ROIs per label as NIfTI files in ``out_dir`` and/or a `SyntheticBank` at ``bank``.
 
-    ``model``: a `TumorGenerator`, a model folder / Hub id, or None for the embedded demo
-    model. Empty labels (as in ``"HGG,"``) are skipped. Sample ``j`` has the seed
-    ``per_sample_seeds(seed, N)[j]`` in both outputs, so the bank stores what the files hold
-    (up to its quantisation). ``channels``: how ROIs of several channels are written (see
-    `generate_to_folder`). Both outputs are checked before anything is sampled. Returns one
-    summary line per output written.
+    ``model``: a generator (a `TumorGenerator` or a baseline), a model folder / Hub id of
+    one, or None for the embedded demo model; ``sampling``: its settings, a dict of
+    overrides, or None for its defaults. Empty labels (as in ``"HGG,"``) are skipped.
+    Sample ``j`` has the seed ``per_sample_seeds(seed, N)[j]`` in both outputs, so the bank
+    stores what the files hold (up to its quantisation). ``channels``: how ROIs of several
+    channels are written (see `generate_to_folder`). Both outputs are checked before
+    anything is sampled. Returns one summary line per output written.
     """
     if out_dir is None and bank is None:
         raise ConfigError(
@@ -399,9 +401,7 @@ def write_samples(
 
         model = demo_model_path()
     generator = (
-        model
-        if isinstance(model, TumorGenerator)
-        else TumorGenerator.from_pretrained(model, device=device)
+        model if isinstance(model, FolderGenerator) else open_generator(model, device=device)
     )
     source = as_source(generator, sampling, batch_size=batch_size)
     items = [label for label in per_label for _ in range(n)]

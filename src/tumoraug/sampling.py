@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tumoraug.config import Config, check
+from tumoraug.config import C, Config, check
 from tumoraug.errors import ConfigError
 
 
@@ -105,15 +105,22 @@ class SamplingConfig(Config):
         return self.steps * (2 if self.guided else 1)
 
 
-def check_sampling(sampling: SamplingConfig | None) -> SamplingConfig:
-    """``sampling`` itself, or the `SamplingConfig` defaults for None; else `ConfigError`."""
+def check_settings(sampling: C | None, kind: type[C]) -> C:
+    """``sampling`` itself when it is a ``kind`` config (each generator has its own settings
+    class), the defaults for None, else a `ConfigError` naming the class it takes."""
     if sampling is None:
-        return SamplingConfig()
-    if not isinstance(sampling, SamplingConfig):
+        return kind()
+    if not isinstance(sampling, kind):
         raise ConfigError(
-            f"sampling must be a tumoraug.SamplingConfig or None, got {type(sampling).__name__}"
+            f"sampling must be a tumoraug.{kind.__name__} or None for this generator, got "
+            f"{type(sampling).__name__}"
         )
     return sampling
+
+
+def check_sampling(sampling: SamplingConfig | None) -> SamplingConfig:
+    """``sampling`` itself, or the `SamplingConfig` defaults for None; else `ConfigError`."""
+    return check_settings(sampling, SamplingConfig)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

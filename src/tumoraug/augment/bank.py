@@ -51,9 +51,9 @@ from tumoraug.checkpoint import atomic_path, atomic_write_json
 from tumoraug.config import channel_names
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.generator import TumorGenerator
+from tumoraug.generators import Settings
 from tumoraug.labels import LabelLike
 from tumoraug.progress import progress_bar
-from tumoraug.sampling import SamplingConfig
 
 __all__ = ["INT16_SCALE", "SyntheticBank", "dequantize", "quantize"]
 
@@ -198,7 +198,7 @@ class SyntheticBank:
         dtype: str = "int16",
         batch_size: int = 8,
         class_ratio: float = 0.5,
-        sampling: SamplingConfig | None = None,
+        sampling: Settings = None,
         start: int = 0,
         workers: int = 1,
         device: str = "auto",
@@ -356,8 +356,7 @@ class SyntheticBank:
         begin = m["start"] + len(self)
         label_list = resolve_labels(labels, n, class_ratio, self.seed, begin)
         seeds = item_seeds(self.seed, range(begin, begin + n))
-        sampling = SamplingConfig.from_dict(m["settings"])
-        source = as_source(generator, sampling, device, batch_size=batch_size)
+        source = as_source(generator, dict(m["settings"]), device, batch_size=batch_size)
         item_shape, dtype = self.item_shape, DTYPES[self.dtype]
         _, _, offset = read_npy_header(self.path)
         self._array = self._index = None

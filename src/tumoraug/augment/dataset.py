@@ -28,8 +28,8 @@ from tumoraug.augment.bank import SyntheticBank
 from tumoraug.augment.source import Source, as_source, check_count, item_seeds, resolve_labels
 from tumoraug.errors import ConfigError
 from tumoraug.generator import TumorGenerator
+from tumoraug.generators import Settings
 from tumoraug.labels import GRADES, LabelLike, to_grade
-from tumoraug.sampling import SamplingConfig
 
 __all__ = ["OUTPUTS", "SyntheticTumorDataset", "make_item_dict", "make_subject"]
 
@@ -94,7 +94,7 @@ class SyntheticTumorDataset(Dataset):
         class_ratio: float = 0.5,
         seed: int = 0,
         transform: Callable[[Any], Any] | None = None,
-        sampling: SamplingConfig | None = None,
+        sampling: Settings = None,
         block_size: int = 8,
         cache_blocks: int = 2,
         device: str = "auto",

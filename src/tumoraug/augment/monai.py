@@ -36,8 +36,8 @@ from monai.utils import convert_to_dst_type
 from tumoraug.augment.source import Source, as_source
 from tumoraug.augment.transforms import SourceLike, check_shape_mode, fit_volume
 from tumoraug.errors import DataError, LabelError
+from tumoraug.generators import Settings
 from tumoraug.labels import to_label
-from tumoraug.sampling import SamplingConfig
 
 __all__ = ["RandSyntheticReplaced", "SyntheticReplaced", "replace_values"]
 
@@ -121,7 +121,7 @@ class SyntheticReplaced(MapTransform):
         seed: int,
         *,
         shape_mismatch: str = "error",
-        sampling: SamplingConfig | None = None,
+        sampling: Settings = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -168,7 +168,7 @@ class RandSyntheticReplaced(RandomizableTransform, MapTransform):
         label_key: str = "label",
         *,
         shape_mismatch: str = "error",
-        sampling: SamplingConfig | None = None,
+        sampling: Settings = None,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)

@@ -1,11 +1,12 @@
 """Where synthetic volumes come from: the small `Source` interface and its generator handle.
 
 A `Source` answers ``volumes(labels, seeds)`` with one volume per (label, seed) pair. Two
-kinds exist: `GeneratorSource`, a picklable handle on a `TumorGenerator` bound to one
-`SamplingConfig`, and `tumoraug.augment.SyntheticBank`, which serves stored items. The
-dataset, the transforms, banks and exports call nothing else, so none of them branches on
-which kind it holds. `as_source` turns what a user passes (a generator, a model folder or
-Hub id, a bank) into a Source.
+kinds exist: `GeneratorSource`, a picklable handle on a generator (a `TumorGenerator` or a
+baseline of `tumoraug.baselines`) bound to its sampling settings, and
+`tumoraug.augment.SyntheticBank`, which serves stored items. The dataset, the transforms,
+banks and exports call nothing else, so none of them branches on which kind it holds.
+`as_source` turns what a user passes (a generator, a model folder or Hub id, a bank) into a
+Source.
 
 Item ``i`` of a synthetic dataset or bank with seed ``s`` has the sample seed
 ``item_seeds(s, [i])`` and the label ``class_labels([i], ratio, s)``: both depend on the
@@ -23,11 +24,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from tumoraug.config import Config
 from tumoraug.device import resolve_device
 from tumoraug.errors import ConfigError, DataError
 from tumoraug.generator import TumorGenerator
+from tumoraug.generators import Settings, open_generator, resolve_sampling
 from tumoraug.labels import LabelLike, to_labels
-from tumoraug.sampling import SamplingConfig, check_sampling, per_sample_seeds
+from tumoraug.sampling import per_sample_seeds
 
 __all__ = [
     "GeneratorSource",
@@ -116,19 +119,22 @@ def resolve_labels(
 
 
 class GeneratorSource:
-    """A picklable handle on a `TumorGenerator` and the `SamplingConfig` it samples with.
+    """A picklable handle on a generator and the sampling settings it samples with.
 
-    ``generator``: a `TumorGenerator` (or anything with its ``volumes`` method), or a model
-    folder / Hub id, loaded lazily once per process on the first request, so that DataLoader
-    workers (fork or spawn) each load their own copy. ``batch_size``: samples whose tokens
-    are drawn together (it does not change the volumes). Deep copies return the handle
-    itself: TorchIO deep-copies subjects together with their history, which refers to it.
+    ``generator``: a `TumorGenerator`, a baseline (any `tumoraug.generators.FolderGenerator`,
+    or anything with their ``volumes`` method), or a model folder / Hub id of any of them
+    (`open_generator` reads its JSON files here; the weights are loaded once per process on
+    the first request, so that DataLoader workers, fork or spawn, each load their own copy).
+    ``sampling``: that generator's settings (`SamplingConfig` for a `TumorGenerator`), a
+    dict overriding some of their defaults, or None for the defaults. ``batch_size``: samples
+    drawn together (it does not change the volumes). Deep copies return the handle itself:
+    TorchIO deep-copies subjects together with their history, which refers to it.
     """
 
     def __init__(
         self,
         generator: TumorGenerator | str | os.PathLike[str],
-        sampling: SamplingConfig | None = None,
+        sampling: Settings = None,
         *,
         device: str = "auto",
         batch_size: int = 8,
@@ -148,16 +154,32 @@ class GeneratorSource:
                 f"SyntheticBank), got {type(generator).__name__}"
             )
         check_count("GeneratorSource", "batch_size", batch_size)
-        self.sampling = check_sampling(sampling)
+        if not (sampling is None or isinstance(sampling, Config | dict)):
+            raise ConfigError(
+                "sampling must be the generator's settings (e.g. a tumoraug.SamplingConfig), "
+                f"a dict of overrides or None, got {type(sampling).__name__}"
+            )
+        self._sampling_request = sampling
+        self._sampling: Any = None
         self.device_request = device
         self.batch_size = batch_size
+        if self._generator is not None:
+            self._sampling = resolve_sampling(self._generator, sampling)  # errors here, early
 
     @property
-    def generator(self) -> TumorGenerator:
-        """The generator, created on first use in this process."""
+    def generator(self) -> Any:
+        """The generator, opened on first use in this process (`open_generator`; its weights
+        are loaded on the first request)."""
         if self._generator is None:
-            self._generator = TumorGenerator.from_pretrained(self.spec, device=self.device_request)
+            self._generator = open_generator(self.spec, device=self.device_request)
         return self._generator
+
+    @property
+    def sampling(self) -> Any:
+        """The generator's sampling settings (resolved against its defaults on first use)."""
+        if self._sampling is None:
+            self._sampling = resolve_sampling(self.generator, self._sampling_request)
+        return self._sampling
 
     @property
     def model_id(self) -> str:
@@ -185,6 +207,12 @@ class GeneratorSource:
             return str(resolve_device(self.device_request))
         return str(getattr(self._generator, "device", "cpu"))
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.spec is not None:
+            state["_generator"] = None
+        return state
+
     def volumes(self, labels: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
         """ROIs ``(N, C, S, S, S)`` float32 on the CPU for per-sample ``labels`` and ``seeds``."""
         out = self.generator.volumes(
@@ -192,22 +220,17 @@ class GeneratorSource:
         )
         return out.detach().to("cpu", torch.float32)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        if self.spec is not None:
-            state["_generator"] = None
-        return state
-
     def __deepcopy__(self, memo: dict[int, Any]) -> GeneratorSource:
         return self
 
     def __repr__(self) -> str:
-        return f"GeneratorSource({self.model_id!r}, sampling={self.sampling})"
+        settings = self._sampling or self._sampling_request
+        return f"GeneratorSource({self.model_id!r}, sampling={settings})"
 
 
 def as_source(
     obj: Source | TumorGenerator | str | os.PathLike[str],
-    sampling: SamplingConfig | None = None,
+    sampling: Settings = None,
     device: str = "auto",
     *,
     batch_size: int = 8,

@@ -32,8 +32,8 @@ from torchio.transforms.intensity_transform import IntensityTransform
 from tumoraug.augment.source import Source, as_source
 from tumoraug.errors import ConfigError, DataError, LabelError
 from tumoraug.generator import TumorGenerator
+from tumoraug.generators import Settings
 from tumoraug.labels import to_label
-from tumoraug.sampling import SamplingConfig
 
 __all__ = ["RandomSyntheticReplace", "SyntheticReplace", "fit_volume"]
 
@@ -119,7 +119,7 @@ class SyntheticReplace(IntensityTransform):
         seed: int,
         *,
         shape_mismatch: str = "error",
-        sampling: SamplingConfig | None = None,
+        sampling: Settings = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -170,7 +170,7 @@ class RandomSyntheticReplace(RandomTransform, IntensityTransform):
         label_key: str = "label",
         *,
         shape_mismatch: str = "error",
-        sampling: SamplingConfig | None = None,
+        sampling: Settings = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(p=p, **kwargs)

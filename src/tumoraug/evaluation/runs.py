@@ -21,7 +21,7 @@ from tumoraug.evaluation.protocol import (
 )
 from tumoraug.evaluation.samples import SampleReport, evaluate_samples
 from tumoraug.evaluation.sources import check_one_source, synthetic_sources
-from tumoraug.sampling import SamplingConfig
+from tumoraug.generators import Settings
 
 
 def evaluate_cache(
@@ -37,7 +37,7 @@ def evaluate_cache(
     seed: int = 0,
     width: int | None = None,
     network: str | None = None,
-    sampling: SamplingConfig | None = None,
+    sampling: Settings = None,
     guidance_values: Sequence[float] | None = None,
     progress: bool = False,
 ) -> tuple[ProtocolResult, dict[str, Path]]:
@@ -107,7 +107,7 @@ def compare_models(
     *,
     n_per_class: int = 16,
     seed: int = 0,
-    sampling: SamplingConfig | None = None,
+    sampling: Settings = None,
     feature_size: int | None = 16,
     max_pairs: int | None = 1000,
     device: str = "auto",
@@ -118,10 +118,10 @@ def compare_models(
     ``out`` (``samples.md``, ``samples.json``, ``samples_montage.png``).
     Returns the report and those paths.
     """
-    from tumoraug.generator import TumorGenerator
+    from tumoraug.generators import open_generator
 
     generators = {
-        name: TumorGenerator.from_pretrained(spec, device=device)
+        name: open_generator(spec, device=device)
         for name, spec in zip(display_names(models), models, strict=True)
     }
     report = evaluate_samples(

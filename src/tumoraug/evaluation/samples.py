@@ -12,6 +12,7 @@ differences; a row is within tolerance when all three are within ``STATS_TOLERAN
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from torch.utils.data import Dataset
 from tumoraug.errors import DataError
 from tumoraug.evaluation.report import write_tables
 from tumoraug.evaluation.sources import materialize
+from tumoraug.generators import Settings, resolve_sampling
 from tumoraug.labels import GRADES
 from tumoraug.metrics import intensity_statistics, mmd, ms_ssim_diversity, relative_differences
-from tumoraug.sampling import SamplingConfig
 from tumoraug.viz import save_montage
 
 # Per-grade seed offset: the generated ROIs of LGG and HGG use disjoint seed streams.
@@ -75,13 +76,19 @@ class SampleReport:
         return paths
 
 
+def recorded_settings(per_model: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The settings shared by every model, or ``{"per_model": {name: settings}}``."""
+    distinct = {json.dumps(v, sort_keys=True) for v in per_model.values()}
+    return next(iter(per_model.values())) if len(distinct) == 1 else {"per_model": per_model}
+
+
 def evaluate_samples(
     real: Dataset,
     models: Mapping[str, Any],
     *,
     n_per_class: int = 16,
     seed: int = 0,
-    sampling: SamplingConfig | None = None,
+    sampling: Settings = None,
     feature_size: int | None = 16,
     max_pairs: int | None = 1000,
     montage_per_class: int = 2,
@@ -89,14 +96,16 @@ def evaluate_samples(
     """Compare ``n_per_class`` generated ROIs per grade from each model with the real ROIs.
 
     ``models`` maps a display name to anything with ``generate(labels, seed=..., sampling=...)``
-    (a `TumorGenerator`); every model gets the same labels, seeds and ``sampling`` (the
-    `SamplingConfig` defaults when None). MMD is computed in the
+    (a `TumorGenerator` or a baseline); every model gets the same labels, seeds and
+    ``sampling`` (each model's own defaults when None; a dict overrides some of them, so one
+    ``{"guidance_scale": 2}`` serves models of several kinds). The report records the
+    settings once when every model used the same, else per model. MMD is computed in the
     `tumoraug.metrics.volume_features` space of ``feature_size``; MS-SSIM over at most
     ``max_pairs`` pairs per set. The montage shows ``montage_per_class`` ROIs per set.
     """
     if not models:
         raise DataError("evaluate_samples needs at least one model")
-    sampling = sampling or SamplingConfig()
+    settings_of = {name: resolve_sampling(model, sampling) for name, model in models.items()}
     examples = materialize(real)
     shape = tuple(examples[0][0].shape)
     rows: list[dict[str, Any]] = []
@@ -113,7 +122,9 @@ def evaluate_samples(
         montage += [(f"real {grade}", v) for v in real_volumes[:montage_per_class]]
         for name, model in models.items():
             generated = model.generate(
-                [label] * n_per_class, seed=seed + GRADE_SEED_STRIDE * label, sampling=sampling
+                [label] * n_per_class,
+                seed=seed + GRADE_SEED_STRIDE * label,
+                sampling=settings_of[name],
             )
             if tuple(generated.shape[1:]) != shape:
                 raise DataError(
@@ -146,7 +157,7 @@ def evaluate_samples(
     settings = {
         "n_per_class": n_per_class,
         "seed": seed,
-        "sampling": sampling.to_dict(),
+        "sampling": recorded_settings({n: v.to_dict() for n, v in settings_of.items()}),
         "feature_size": feature_size,
         "max_pairs": max_pairs,
         "kernel": "gaussian (median heuristic), biased estimator",

@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 from tumoraug.data import ROIDataset
 from tumoraug.errors import ConfigError
 from tumoraug.evaluation.classifier import item_tensors
+from tumoraug.generators import Settings, open_generator, resolve_sampling, with_overrides
 from tumoraug.progress import progress_bar
-from tumoraug.sampling import SamplingConfig
 
 
 def materialize(dataset: Dataset, *, progress: bool = False) -> list[tuple[torch.Tensor, int]]:
@@ -51,7 +51,7 @@ def synthetic_source(
     count: int = 0,
     class_ratio: float = 0.5,
     seed: int = 0,
-    sampling: SamplingConfig | None = None,
+    sampling: Settings = None,
     device: str = "auto",
     progress: bool = False,
 ) -> Dataset | None:
@@ -95,16 +95,18 @@ def synthetic_sources(
     count: int = 0,
     class_ratio: float = 0.5,
     seed: int = 0,
-    sampling: SamplingConfig | None = None,
+    sampling: Settings = None,
     guidance_values: Sequence[float] | None = None,
     device: str = "auto",
     progress: bool = False,
 ) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]]]:
     """The protocol's synthetic sources by name, and the description of each.
 
-    With a ``model``: one source per value of ``guidance_values`` (default: the guidance of
-    ``sampling``), named ``"guidance <g>"``, each ``count`` ROIs generated once with the same
-    ``seed`` and labels through ``sampling.replace(guidance_scale=g)``. A ``bank`` or a
+    With a ``model`` (any generator folder or Hub id): one source per value of
+    ``guidance_values`` (default: the guidance of ``sampling``), named ``"guidance <g>"``,
+    each ``count`` ROIs generated once with the same ``seed`` and labels, the guidance
+    scale ``g`` overriding that of ``sampling``; a generator without guidance (the
+    3D-αWGAN baseline) makes one source, named ``"model"``. A ``bank`` or a
     ``roi_dir`` is one source, read as it is (its guidance, if any, was fixed when it was
     made: ``guidance_values`` is an error there). No source: two empty dicts.
     """
@@ -119,17 +121,23 @@ def synthetic_sources(
     datasets: dict[str, Dataset] = {}
     info: dict[str, dict[str, Any]] = {}
     if model:
-        sampling = sampling or SamplingConfig()
-        for guidance in guidance_values or (sampling.guidance_scale,):
-            settings = sampling.replace(guidance_scale=float(guidance))
-            name = f"guidance {float(guidance):g}"
+        base = resolve_sampling(open_generator(model, device=device), sampling)
+        guided = hasattr(base, "guidance_scale")
+        for guidance in guidance_values or (getattr(base, "guidance_scale", None),):
+            settings = (
+                base
+                if guidance is None
+                else with_overrides(base, {"guidance_scale": float(guidance)})
+            )
+            name = f"guidance {float(guidance):g}" if guided else "model"
             datasets[name] = synthetic_source(  # type: ignore[assignment]
                 model=model, count=count, class_ratio=class_ratio, seed=seed,
                 sampling=settings, device=device, progress=progress,
             )  # fmt: skip
             info[name] = {
                 "kind": "model", "model": str(model), "count": count, "class_ratio": class_ratio,
-                "seed": seed, "sampling": settings.to_dict(), "guidance": float(guidance),
+                "seed": seed, "sampling": settings.to_dict(),
+                "guidance": None if guidance is None else float(guidance),
             }  # fmt: skip
     elif bank:
         from tumoraug.augment import SyntheticBank
