@@ -100,6 +100,24 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def assignments(items: list[str] | None, option: str) -> dict[str, Any] | None:
+    """``FIELD=VALUE`` items (values as JSON, else as text) as a dict; None when none given."""
+    import json
+
+    from tumoraug.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        field, sep, text = item.partition("=")
+        if not sep or not field.strip():
+            raise ConfigError(f"{option}: expected FIELD=VALUE, got {item!r}")
+        try:
+            out[field.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[field.strip()] = text
+    return out or None
+
+
 def word_list(text: str | None) -> tuple[str, ...] | None:
     """Comma-separated words, stripped (None stays None)."""
     return None if text is None else tuple(w.strip() for w in text.split(",") if w.strip())

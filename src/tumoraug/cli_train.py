@@ -97,6 +97,9 @@ def train_baseline(
     ),
     preset: str = o.opt("--preset", "Preset of the baseline: small32 or tiny.", "small32"),
     config: str | None = o.opt("--config", "The baseline's config JSON file."),
+    recipe: list[str] | None = o.opt(  # noqa: B008
+        "--recipe", "Override a field of the baseline's recipe: FIELD=VALUE (repeat it)."
+    ),
     steps: int | None = o.TRAIN_STEPS,
     batch_size: int | None = o.BATCH,
     grad_accum: int | None = o.ACCUM,
@@ -116,7 +119,7 @@ def train_baseline(
 
     result = run_baseline_training(
         kind, cache_dir, out_dir, autoencoder=autoencoder, preset=preset, config_file=config,
-        resume=resume, train=o.given(
+        recipe=o.assignments(recipe, "--recipe"), resume=resume, train=o.given(
             steps=steps, batch_size=batch_size, grad_accum_steps=grad_accum, lr=lr, seed=seed,
             warmup_steps=warmup, checkpoint_every=checkpoint_every, image_every=image_every,
             device=device, lr_schedule=lr_schedule, cpu_bf16=cpu_bf16,

@@ -326,20 +326,26 @@ class TokenizerConfig(Config):
             name, "num_mid_blocks", "an int >= 0", self.num_mid_blocks,
         )  # fmt: skip
         check(self.num_classes >= 2, name, "num_classes", "an int >= 2", self.num_classes)
-        check(
-            not self.modalities or len(self.modalities) == self.in_channels,
-            name, "modalities", f"{self.in_channels} name(s), one per input channel, or none",
-            self.modalities,
-        )  # fmt: skip
-        check(
-            all(isinstance(m, str) and _CHANNEL_NAME.fullmatch(m) for m in self.modalities)
-            and len(set(self.modalities)) == len(self.modalities),
-            name, "modalities", "distinct names of letters, digits, '_' and '-'", self.modalities,
-        )  # fmt: skip
+        check_modalities(name, self.modalities, self.in_channels)
 
 
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 """A channel name: it ends up in file names (``<sample>_<name>.nii.gz``)."""
+
+
+def check_modalities(owner: str, modalities: Sequence[str], in_channels: int) -> None:
+    """`ConfigError` naming ``owner.modalities`` unless it is empty or ``in_channels``
+    distinct channel names (letters, digits, '_' and '-')."""
+    check(
+        not modalities or len(modalities) == in_channels,
+        owner, "modalities", f"{in_channels} name(s), one per input channel, or none",
+        modalities,
+    )  # fmt: skip
+    check(
+        all(isinstance(m, str) and _CHANNEL_NAME.fullmatch(m) for m in modalities)
+        and len(set(modalities)) == len(modalities),
+        owner, "modalities", "distinct names of letters, digits, '_' and '-'", modalities,
+    )  # fmt: skip
 
 
 def channel_names(modalities: Sequence[str], count: int) -> tuple[str, ...]:

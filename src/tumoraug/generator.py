@@ -144,11 +144,6 @@ class TumorGenerator(FolderGenerator):
             "codebook_size": self.transformer_config.codebook_size,
         }
 
-    def network_evaluations(self, sampling: Any = None) -> int:
-        """Transformer passes per ROI (``steps``, doubled with guidance); the decode is one
-        more network pass and is not counted."""
-        return self.check_sampling(sampling).network_evaluations
-
     # -- the two stages --------------------------------------------------------------------
 
     @property

@@ -133,7 +133,8 @@ class FolderGenerator:
     """Base of every generator: a model folder of components, loaded lazily.
 
     Subclasses set ``model_type``, ``format_version`` and ``sampling_class`` and implement
-    `_read_configs`, `_load_models`, `_check_configs`, `_shape` and `_sample`.
+    `_read_configs`, `_load_models`, `_check_configs`, `_shape` and `_sample`; a
+    ``sampling_class`` has a ``network_evaluations`` property.
     Build one from live models with ``cls(models, device=...)`` or open a folder with
     `from_pretrained`.
     """
@@ -191,8 +192,9 @@ class FolderGenerator:
         return {}
 
     def network_evaluations(self, sampling: Any = None) -> int:
-        """Network forward passes per generated ROI with these settings."""
-        raise NotImplementedError
+        """Passes of the network that samples (the transformer, the UNet, the generator) per
+        ROI with these settings: the settings' own count; a decoder pass is not counted."""
+        return int(self.check_sampling(sampling).network_evaluations)
 
     # -- opening and loading -------------------------------------------------------------
 

@@ -6,3 +6,15 @@ wherever a `TumorGenerator` goes (datasets, transforms, banks, ``evaluate``). Th
 baselines need MONAI (``pip install "tumoraug[baselines]"``); open any of them with
 `tumoraug.open_generator`.
 """
+
+from tumoraug.baselines.alpha_wgan import AlphaWGANGenerator, LatentSampling
+from tumoraug.baselines.ddpm import DDPMGenerator, DiffusionSampling
+from tumoraug.baselines.latent_diffusion import LatentDiffusionGenerator
+
+__all__ = [
+    "AlphaWGANGenerator",
+    "DDPMGenerator",
+    "DiffusionSampling",
+    "LatentDiffusionGenerator",
+    "LatentSampling",
+]

@@ -33,7 +33,8 @@ class TrainConfig(Config):
     when ``mixed_precision``, and on the CPU too with ``cpu_bf16`` (the CPU twin of the CUDA
     path, to run it without a GPU; float32 on the CPU otherwise); activation recomputation
     with ``gradient_checkpointing``.
-    The presets ``"tokenizer"`` and ``"transformer"`` are each stage's defaults.
+    The presets ``"tokenizer"`` and ``"transformer"`` are each stage's defaults,
+    ``"alpha_wgan"`` the 3D-αWGAN baseline's (the diffusion baselines use the defaults).
     """
 
     steps: int = 1000
@@ -58,6 +59,8 @@ class TrainConfig(Config):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tokenizer": {"batch_size": 2, "lr": 1e-4, "max_grad_norm": None, "image_every": 100},
         "transformer": {},
+        # 3D-alphaWGAN: Kwon et al. 2019's batch and learning rate, no clipping
+        "alpha_wgan": {"batch_size": 4, "lr": 2e-4, "max_grad_norm": None, "image_every": 100},
     }
 
     def validate(self) -> None:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from tumoraug.config import Config, TokenizerConfig, check
+from tumoraug.config import C, Config, TokenizerConfig, check
 from tumoraug.data import subject_tensors
 from tumoraug.errors import ConfigError
 from tumoraug.models.discriminator import (
@@ -315,8 +315,9 @@ def train_tokenizer(
     )  # fmt: skip
 
 
-def with_cache_modalities(config: TokenizerConfig, data: Any) -> TokenizerConfig:
-    """``config`` naming its channels after the modalities of a ROI cache ``data``.
+def with_cache_modalities(config: C, data: Any) -> C:
+    """``config`` (any config with ``modalities``: a tokenizer's, a baseline's) naming its
+    channels after the modalities of a ROI cache ``data``.
 
     Data that does not name them (not an ``ROIDataset``) leaves ``config`` as it is; a
     config that names other modalities than the cache holds is a `ConfigError` naming both.
@@ -326,17 +327,17 @@ def with_cache_modalities(config: TokenizerConfig, data: Any) -> TokenizerConfig
         return config
     if config.modalities and tuple(config.modalities) != cached:
         raise ConfigError(
-            f"TokenizerConfig.modalities: {', '.join(config.modalities)}, but the ROI cache "
-            f"{getattr(data, 'cache_dir', '')} holds {', '.join(cached)} (in this order)"
+            f"{type(config).__name__}.modalities: {', '.join(config.modalities)}, but the ROI "
+            f"cache {getattr(data, 'cache_dir', '')} holds {', '.join(cached)} (in this order)"
         )
-    return config.replace(modalities=cached)
+    return config.replace(modalities=cached)  # type: ignore[attr-defined]
 
 
-def cache_config(
-    config: TokenizerConfig, cache_dir: str | Path, given: dict[str, tuple[str, Any]]
-) -> TokenizerConfig:
-    """``config`` with the input shape of the ROI cache in ``cache_dir``: ``roi_size`` from
-    its ``size``, ``in_channels`` and ``modalities`` from its ``modalities``.
+def cache_config(config: C, cache_dir: str | Path, given: dict[str, tuple[str, Any]]) -> C:
+    """``config`` (a tokenizer's or a baseline's: any config with ``roi_size``,
+    ``in_channels`` and ``modalities``) with the input shape of the ROI cache in
+    ``cache_dir``: ``roi_size`` from its ``size``, ``in_channels`` and ``modalities`` from
+    its ``modalities``.
 
     ``given``: the fields the user chose, as ``field: (where, value)``; one that disagrees
     with the cache is a `ConfigError` naming the cache, where the value came from and both
