@@ -2,8 +2,9 @@
 
 One run, the same ROI size and batch for every row:
 
-* ``tumoraug``: our generator (MaskGIT decoding, 12 rounds, guidance 1.5); at 32³ the
-  embedded demo model (its weights are trained; speed does not depend on them);
+* ``tumoraug``: our generator (MaskGIT decoding, 12 rounds, guidance 1.5, and without
+  guidance); at 32³ the embedded demo model (its weights are trained; speed does not depend
+  on them), at other sizes the ``paper128`` presets with random weights;
 * ``ddpm``: the 3D-Med-DDPM-style baseline (`tumoraug.baselines.ddpm`), with DDPM-1000 and
   DDIM at 100 and 50 steps, guidance 1.5;
 * ``latent-diffusion``: the Med-Diffusion-C-style baseline on the demo tokenizer's
@@ -45,6 +46,7 @@ import torch
 
 ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "tumoraug": ("tumoraug, 12 rounds", "tumoraug", {}),
+    "tumoraug-g1": ("tumoraug, 12 rounds, guidance 1", "tumoraug", {"guidance_scale": 1.0}),
     "ddpm-1000": ("DDPM, DDPM-1000", "ddpm", {"scheduler": "ddpm", "steps": 1000}),
     "ddim-100": ("DDPM, DDIM-100", "ddpm", {"scheduler": "ddim", "steps": 100}),
     "ddim-50": ("DDPM, DDIM-50", "ddpm", {"scheduler": "ddim", "steps": 50}),
