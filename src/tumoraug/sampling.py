@@ -54,8 +54,26 @@ def make_rngs(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
+class GuidedSteps:
+    """What settings of ``steps`` network passes with classifier-free guidance derive: each
+    guided pass evaluates the conditional and the unconditional prediction."""
+
+    steps: int
+    guidance_scale: float
+
+    @property
+    def guided(self) -> bool:
+        """Whether classifier-free guidance is on (``guidance_scale != 1``)."""
+        return self.guidance_scale != 1.0
+
+    @property
+    def network_evaluations(self) -> int:
+        """Network evaluations per sample: ``steps``, doubled when guidance is on."""
+        return self.steps * (2 if self.guided else 1)
+
+
 @dataclasses.dataclass
-class SamplingConfig(Config):
+class SamplingConfig(GuidedSteps, Config):
     """How a token grid is decoded: the only place where sampling defaults live.
 
     ``steps`` parallel decoding rounds; ``guidance_scale`` of classifier-free guidance
@@ -93,16 +111,6 @@ class SamplingConfig(Config):
                 and 0 < self.top_p <= 1),
             name, "top_p", "None or a number in (0, 1]", self.top_p,
         )  # fmt: skip
-
-    @property
-    def guided(self) -> bool:
-        """Whether classifier-free guidance is on (``guidance_scale != 1``)."""
-        return self.guidance_scale != 1.0
-
-    @property
-    def network_evaluations(self) -> int:
-        """Network evaluations per sample: ``steps``, doubled when guidance is on."""
-        return self.steps * (2 if self.guided else 1)
 
 
 def check_settings(sampling: C | None, kind: type[C]) -> C:

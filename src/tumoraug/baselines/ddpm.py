@@ -40,13 +40,13 @@ from tumoraug.device import autocast
 from tumoraug.errors import CheckpointError, ConfigError
 from tumoraug.generators import FolderGenerator
 from tumoraug.models.diffusion import SCHEDULERS, DiffusionConfig, DiffusionUNet3D, noise_scheduler
-from tumoraug.sampling import SamplingConfig, make_rngs
+from tumoraug.sampling import GuidedSteps, SamplingConfig, make_rngs
 
 UNET_DIR = "unet"
 
 
 @dataclasses.dataclass
-class DiffusionSampling(Config):
+class DiffusionSampling(GuidedSteps, Config):
     """How a diffusion baseline samples: the only place where its sampling defaults live.
 
     ``scheduler`` ``"ddpm"`` (ancestral, meant with ``steps`` = the model's 1000 training
@@ -87,16 +87,6 @@ class DiffusionSampling(Config):
             self.scheduler == "ddim" or self.eta == 0,
             name, "eta", "0 with scheduler='ddpm' (eta is the DDIM noise)", self.eta,
         )  # fmt: skip
-
-    @property
-    def guided(self) -> bool:
-        """Whether classifier-free guidance is on (``guidance_scale != 1``)."""
-        return self.guidance_scale != 1.0
-
-    @property
-    def network_evaluations(self) -> int:
-        """UNet evaluations per sample: ``steps``, doubled when guidance is on."""
-        return self.steps * (2 if self.guided else 1)
 
 
 @torch.no_grad()
