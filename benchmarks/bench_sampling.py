@@ -23,6 +23,8 @@ the GFLOPs of one transformer pass and of one decode per ROI, counted on the met
         --steps 12 --guidance 1.5 --n 1 --batch-size 1              # 128³ on the CPU
     OMP_NUM_THREADS=1 python benchmarks/bench_sampling.py --sizes 128 \\
         --presets brats128,paper128 --preset-size 32 --steps 2 --n 2 --batch-size 2  # smoke
+    python benchmarks/bench_sampling.py --model src/tumoraug/pretrained/demo --steps 12 \\
+        --guidance 1.0 1.5 --batch-size 8 [--cpu-bf16]   # a trained model folder (the demo)
 """
 
 from __future__ import annotations
@@ -76,12 +78,17 @@ def costs(config: Configs) -> dict[str, float]:
     }
 
 
-def build(config: Configs, device: str) -> TumorGenerator:
-    """A random-weight generator of these configs."""
+def build(config: Configs | str, device: str, cpu_bf16: bool) -> TumorGenerator:
+    """A random-weight generator of these configs, or the model folder ``config`` names."""
+    if isinstance(config, str):
+        return TumorGenerator.from_pretrained(config, device=device, cpu_bf16=cpu_bf16)
     torch.manual_seed(0)
     tokenizer_config, transformer_config = config
     return TumorGenerator(
-        VQGAN3D(tokenizer_config), MaskedTransformer(transformer_config), device=device
+        VQGAN3D(tokenizer_config),
+        MaskedTransformer(transformer_config),
+        device=device,
+        cpu_bf16=cpu_bf16,
     )
 
 
@@ -142,6 +149,10 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--n", type=int, default=None, help="ROIs per setting")
+    parser.add_argument(
+        "--model", action="append", default=[], help="a trained model folder; repeat it"
+    )
+    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU")
     args = parser.parse_args()
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     for preset in presets:
@@ -149,20 +160,26 @@ def main() -> None:
             parser.error(f"--presets: {preset!r} is not a preset of both stages")
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
     device = "cuda" if cuda else "cpu"
-    sizes = args.sizes or ([32, 64, 128] if cuda else [32, 64])
-    models: list[tuple[str, Configs]] = []
+    sizes = args.sizes or ([] if args.model else [32, 64, 128] if cuda else [32, 64])
+    models: list[tuple[str, Configs | str]] = []
     for size in sizes:
         if size == 128:
             models += [(p, configs(size, p, args.preset_size)) for p in presets]
         else:
             models.append(("tiny", configs(size, None, None)))
+    models += [(path.rstrip("/").split("/")[-1], path) for path in args.model]
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
-    print(f"device: {name}; torch {torch.__version__}; batch size {args.batch_size}\n")
+    precision = "bf16 autocast" if args.cpu_bf16 and not cuda else "float32"
+    print(f"device: {name}; torch {torch.__version__}; batch size {args.batch_size}; {precision}\n")
     print("| model | ROI | tokens | tokenizer params | transformer params "
           "| GFLOP per transformer pass | GFLOP per decode |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for label, (tokenizer, transformer) in models:
-        c = costs((tokenizer, transformer))
+    for label, config in models:
+        if isinstance(config, str):
+            opened = TumorGenerator.from_pretrained(config)
+            config = (opened.tokenizer_config, opened.transformer_config)
+        tokenizer, transformer = config
+        c = costs(config)
         print(
             f"| {label} | {tokenizer.roi_size}³ | {transformer.num_tokens} "
             f"| {c['tokenizer_m']:.2f} M | {c['transformer_m']:.2f} M "
@@ -172,8 +189,9 @@ def main() -> None:
           "| decode s/ROI | net evals/ROI | forward calls |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for label, config in models:
-        generator = build(config, device)
-        size, tokens = config[0].roi_size, config[1].num_tokens
+        generator = build(config, device, args.cpu_bf16)
+        size = generator.tokenizer_config.roi_size
+        tokens = generator.transformer_config.num_tokens
         n = args.n or {32: 8, 64: 4}.get(size, 16 if cuda else 1)
         for steps in args.steps:
             for guidance in args.guidance:

@@ -10,15 +10,20 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    """One thread for the whole run: tiny 3D convolutions run fastest single-threaded on the
+    shared 2-core CI machine (two threads made some tests ~20x slower under load), and oneDNN
+    results depend on the thread count by ~1e-6, so module- and session-scoped fixtures must
+    compute under the same count as the tests that compare against them."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
-    """Seed torch and use one thread: tiny 3D convolutions run fastest single-threaded on
-    the shared 2-core CI machine (two threads made some tests ~20x slower under load)."""
+    """Seed torch for every test, and put the thread count back if a test changed it."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

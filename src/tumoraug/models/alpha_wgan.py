@@ -34,6 +34,7 @@ from torch import nn
 from tumoraug.checkpoint import PretrainedMixin
 from tumoraug.config import Config, channel_names, check, check_modalities
 from tumoraug.errors import DataError
+from tumoraug.models.conv import Conv3d
 from tumoraug.models.vqgan import group_norm
 
 BASE_SIZE = 4
@@ -111,7 +112,7 @@ def _down_stack(config: AlphaWGANConfig) -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = config.in_channels
     for i, width in enumerate(config.widths):
-        layers.append(nn.Conv3d(channels, width, 4, stride=2, padding=1))
+        layers.append(Conv3d(channels, width, 4, stride=2, padding=1))
         if i > 0:
             layers.append(group_norm(width, config.norm_groups))
         layers.append(nn.LeakyReLU(0.2))
@@ -127,7 +128,7 @@ class AlphaEncoder(nn.Module):
     def __init__(self, config: AlphaWGANConfig) -> None:
         super().__init__()
         self.body = _down_stack(config)
-        self.head = nn.Conv3d(config.widths[-1], config.latent_dim, BASE_SIZE)
+        self.head = Conv3d(config.widths[-1], config.latent_dim, BASE_SIZE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x)).flatten(1)  # (B, latent, 1, 1, 1) -> (B, latent)
@@ -154,13 +155,13 @@ class AlphaGenerator(nn.Module):
         for i in reversed(range(1, len(widths))):
             layers += [
                 nn.Upsample(scale_factor=2.0, mode="nearest"),
-                nn.Conv3d(widths[i], widths[i - 1], 3, padding=1, bias=False),
+                Conv3d(widths[i], widths[i - 1], 3, padding=1, bias=False),
                 group_norm(widths[i - 1], groups),
                 nn.ReLU(),
             ]
         layers += [
             nn.Upsample(scale_factor=2.0, mode="nearest"),
-            nn.Conv3d(widths[0], config.in_channels, 3, padding=1),
+            Conv3d(widths[0], config.in_channels, 3, padding=1),
             nn.Tanh(),
         ]
         self.body = nn.Sequential(*layers)
@@ -177,7 +178,7 @@ class AlphaDiscriminator(nn.Module):
     def __init__(self, config: AlphaWGANConfig) -> None:
         super().__init__()
         self.body = _down_stack(config)
-        self.head = nn.Conv3d(config.widths[-1], 1, BASE_SIZE)
+        self.head = Conv3d(config.widths[-1], 1, BASE_SIZE)
         self.projection = nn.Embedding(config.num_classes, config.widths[-1])
         nn.init.zeros_(self.projection.weight)
 

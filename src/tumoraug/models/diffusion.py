@@ -25,6 +25,7 @@ from torch import nn
 
 from tumoraug.checkpoint import PretrainedMixin
 from tumoraug.config import Config, channel_names, check, check_modalities
+from tumoraug.models.conv import use_onednn_convs
 
 SCHEDULES = ("linear_beta", "scaled_linear_beta")
 """MONAI noise schedules a `DiffusionConfig` may name (both take ``beta_start``/``beta_end``)."""
@@ -189,16 +190,18 @@ class DiffusionUNet3D(PretrainedMixin, nn.Module):
         super().__init__()
         nets = _monai("DiffusionUNet3D").networks.nets
         self.config = config
-        self.unet = nets.DiffusionModelUNet(
-            spatial_dims=3,
-            in_channels=config.in_channels,
-            out_channels=config.in_channels,
-            num_res_blocks=config.num_res_blocks,
-            channels=tuple(config.channels),
-            attention_levels=tuple(config.attention_levels),
-            norm_num_groups=config.norm_num_groups,
-            num_head_channels=config.num_head_channels,
-            num_class_embeds=config.num_classes + 1,
+        self.unet = use_onednn_convs(
+            nets.DiffusionModelUNet(
+                spatial_dims=3,
+                in_channels=config.in_channels,
+                out_channels=config.in_channels,
+                num_res_blocks=config.num_res_blocks,
+                channels=tuple(config.channels),
+                attention_levels=tuple(config.attention_levels),
+                norm_num_groups=config.norm_num_groups,
+                num_head_channels=config.num_head_channels,
+                num_class_embeds=config.num_classes + 1,
+            )
         )
 
     @property

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tumoraug.models.conv import Conv3d
 from tumoraug.models.vqgan import group_norm
 
 
@@ -30,7 +31,7 @@ class PatchDiscriminator3D(nn.Module):
     def __init__(self, in_channels: int, channels: int = 32, layers: int = 3) -> None:
         super().__init__()
         blocks: list[nn.Module] = [
-            nn.Conv3d(in_channels, channels, 4, stride=2, padding=1),
+            Conv3d(in_channels, channels, 4, stride=2, padding=1),
             nn.LeakyReLU(0.2),
         ]
         width = channels
@@ -38,12 +39,12 @@ class PatchDiscriminator3D(nn.Module):
             out = channels * min(2**i, 8)
             stride = 2 if i < layers else 1
             blocks += [
-                nn.Conv3d(width, out, 4, stride=stride, padding=1, bias=False),
+                Conv3d(width, out, 4, stride=stride, padding=1, bias=False),
                 group_norm(out, 8),
                 nn.LeakyReLU(0.2),
             ]
             width = out
-        blocks.append(nn.Conv3d(width, 1, 4, stride=1, padding=1))
+        blocks.append(Conv3d(width, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*blocks)
         for module in self.modules():
             if isinstance(module, nn.Conv3d):

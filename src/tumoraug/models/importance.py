@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tumoraug.models.conv import Conv3d
+
 
 def _standardise(features: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance over all of (D, d, h, w) per sample (LayerNorm, no affine)."""
@@ -32,8 +34,8 @@ class SaliencyScorer(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(dim, dim, 3, padding=1)
-        self.out = nn.Conv3d(dim, 1, 1)
+        self.conv = Conv3d(dim, dim, 3, padding=1)
+        self.out = Conv3d(dim, 1, 1)
         self.norm = nn.GroupNorm(1, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from tumoraug.checkpoint import PretrainedMixin
 from tumoraug.config import TokenizerConfig
 from tumoraug.errors import DataError
+from tumoraug.models.conv import Conv3d
 from tumoraug.models.importance import GradeClassifierHead, SaliencyScorer
 
 
@@ -48,13 +49,11 @@ class ResBlock3D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
         self.norm1 = group_norm(in_channels, groups)
-        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv3d(in_channels, out_channels, 3, padding=1)
         self.norm2 = group_norm(out_channels, groups)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv3d(out_channels, out_channels, 3, padding=1)
         self.skip = (
-            nn.Conv3d(in_channels, out_channels, 1)
-            if in_channels != out_channels
-            else nn.Identity()
+            Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +68,8 @@ class AttnBlock3D(nn.Module):
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
         self.norm = group_norm(channels, groups)
-        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
-        self.proj = nn.Conv3d(channels, channels, 1)
+        self.qkv = Conv3d(channels, 3 * channels, 1)
+        self.proj = Conv3d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, d, h, w = x.shape
@@ -84,7 +83,7 @@ class Downsample3D(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, 3, stride=2, padding=1)
+        self.conv = Conv3d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -95,7 +94,7 @@ class Upsample3D(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+        self.conv = Conv3d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -140,7 +139,7 @@ class Encoder3D(nn.Module):
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
         widths = [config.base_channels * m for m in config.channel_mult]
-        self.conv_in = nn.Conv3d(config.in_channels, widths[0], 3, padding=1)
+        self.conv_in = Conv3d(config.in_channels, widths[0], 3, padding=1)
         blocks: list[nn.Module] = []
         channels = widths[0]
         for level, width in enumerate(widths):
@@ -152,7 +151,7 @@ class Encoder3D(nn.Module):
         blocks += _mid_blocks(channels, config)
         self.body = _Stack(blocks)
         self.norm_out = group_norm(channels, config.norm_groups)
-        self.conv_out = nn.Conv3d(channels, config.embed_dim, 3, padding=1)
+        self.conv_out = Conv3d(channels, config.embed_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.body(self.conv_in(x))
@@ -280,7 +279,7 @@ class Decoder3D(nn.Module):
         super().__init__()
         widths = [config.base_channels * m for m in config.channel_mult]
         channels = widths[-1]
-        self.conv_in = nn.Conv3d(config.embed_dim, channels, 3, padding=1)
+        self.conv_in = Conv3d(config.embed_dim, channels, 3, padding=1)
         blocks: list[nn.Module] = _mid_blocks(channels, config)
         for level in reversed(range(len(widths))):
             for _ in range(config.num_res_blocks + 1):
@@ -290,7 +289,7 @@ class Decoder3D(nn.Module):
                 blocks.append(Upsample3D(channels))
         self.body = _Stack(blocks)
         self.norm_out = group_norm(channels, config.norm_groups)
-        self.conv_out = nn.Conv3d(channels, config.in_channels, 3, padding=1)
+        self.conv_out = Conv3d(channels, config.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.body(self.conv_in(z))
