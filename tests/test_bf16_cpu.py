@@ -197,3 +197,31 @@ def test_encode_corpus_under_cpu_bf16():
     assert seen == [torch.bfloat16]
     assert encoded.tokens.dtype == torch.int64 and encoded.importance.dtype == torch.float32
     assert int(encoded.tokens.min()) >= 0 and int(encoded.tokens.max()) < 64
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate-samples"])
+def test_cli_cpu_bf16_opens_the_generator_under_bf16(command, tiny_model_dir, roi_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    import tumoraug.generators
+    from tumoraug.cli import app
+
+    opened = []
+    real = tumoraug.generators.open_generator
+
+    def watch(*args, **kwargs):
+        opened.append(kwargs.get("cpu_bf16"))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tumoraug.generators, "open_generator", watch)
+        patch.setattr("tumoraug.export.open_generator", watch)
+        model = ["--model", str(tiny_model_dir), "--steps", "2", "--device", "cpu", "--cpu-bf16"]
+        if command == "generate":
+            args = ["generate", "--label", "HGG", "--n", "1", "--out", str(tmp_path / "g"), *model]
+        else:
+            args = ["evaluate-samples", "--data", str(roi_cache), "--n", "2", *model]
+            args += ["--out", str(tmp_path / "e")]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert opened == [True]

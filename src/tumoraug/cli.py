@@ -114,6 +114,7 @@ def generate(
         "--channels", "Several channels: split (a file per modality) or 4d (one file).", "split"
     ),
     overwrite: bool = o.opt("--overwrite", "Replace existing files.", False),
+    cpu_bf16: bool | None = o.CPU_BF16,
 ) -> None:
     """Generate synthetic HGG / LGG ROIs as NIfTI files + manifest.json + preview.png,
     and/or into a synthetic bank (served by SyntheticTumorDataset.from_bank)."""
@@ -124,6 +125,7 @@ def generate(
         sampling=o.sampling_config(steps, guidance, temperature, scheduler=scheduler),
         batch_size=batch_size,
         device=device, fmt=fmt, channels=channels, overwrite=overwrite, progress=True,
+        cpu_bf16=bool(cpu_bf16),
     )  # fmt: skip
     typer.echo("\n".join(written))
 
@@ -190,6 +192,7 @@ def evaluate_samples(
     feature_size: int = o.opt("--feature-size", "MMD features: pooled edge.", 16),
     max_pairs: int = o.opt("--max-pairs", "MS-SSIM pairs per set (at most).", 1000),
     device: str = o.DEVICE,
+    cpu_bf16: bool | None = o.CPU_BF16,
     out: str = o.OUT,
 ) -> None:
     """Fidelity (MMD ×10⁴) and diversity (MS-SSIM) per grade of one or more models."""
@@ -198,7 +201,7 @@ def evaluate_samples(
     report, paths = compare_models(
         data, model, out, n_per_class=n, seed=seed, feature_size=feature_size,
         sampling=o.sampling_config(steps, guidance, None, scheduler=scheduler),
-        max_pairs=max_pairs, device=device,
+        max_pairs=max_pairs, device=device, cpu_bf16=bool(cpu_bf16),
     )  # fmt: skip
     typer.echo(report.to_markdown(), nl=False)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")

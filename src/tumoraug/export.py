@@ -374,6 +374,7 @@ def write_samples(
     channels: str = "split",
     overwrite: bool = False,
     progress: bool = False,
+    cpu_bf16: bool = False,
 ) -> list[str]:
     """``n`` ROIs per label as NIfTI files in ``out_dir`` and/or a `SyntheticBank` at ``bank``.
 
@@ -382,8 +383,10 @@ def write_samples(
     overrides, or None for its defaults. Empty labels (as in ``"HGG,"``) are skipped.
     Sample ``j`` has the seed ``per_sample_seeds(seed, N)[j]`` in both outputs, so the bank
     stores what the files hold (up to its quantisation). ``channels``: how ROIs of several
-    channels are written (see `generate_to_folder`). Both outputs are checked before
-    anything is sampled. Returns one summary line per output written.
+    channels are written (see `generate_to_folder`). ``cpu_bf16``: sample and decode under
+    bf16 autocast on the CPU too (when ``model`` is opened here; a generator passed in keeps
+    its own setting). Both outputs are checked before anything is sampled. Returns one
+    summary line per output written.
     """
     if out_dir is None and bank is None:
         raise ConfigError(
@@ -401,7 +404,9 @@ def write_samples(
 
         model = demo_model_path()
     generator = (
-        model if isinstance(model, FolderGenerator) else open_generator(model, device=device)
+        model
+        if isinstance(model, FolderGenerator)
+        else open_generator(model, device=device, cpu_bf16=cpu_bf16)
     )
     source = as_source(generator, sampling, batch_size=batch_size)
     items = [label for label in per_label for _ in range(n)]

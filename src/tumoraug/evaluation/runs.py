@@ -111,17 +111,20 @@ def compare_models(
     feature_size: int | None = 16,
     max_pairs: int | None = 1000,
     device: str = "auto",
+    cpu_bf16: bool = False,
 ) -> tuple[SampleReport, dict[str, Path]]:
     """`evaluate_samples` of model folders / Hub ids against the ROI cache ``data``.
 
-    Every model gets the same labels, seeds and ``sampling``; the report is written into
+    Every model gets the same labels, seeds and ``sampling`` (under bf16 autocast on the
+    CPU too with ``cpu_bf16``, the precision whose quality cost this measures); the report
+    is written into
     ``out`` (``samples.md``, ``samples.json``, ``samples_montage.png``).
     Returns the report and those paths.
     """
     from tumoraug.generators import open_generator
 
     generators = {
-        name: open_generator(spec, device=device)
+        name: open_generator(spec, device=device, cpu_bf16=cpu_bf16)
         for name, spec in zip(display_names(models), models, strict=True)
     }
     report = evaluate_samples(
