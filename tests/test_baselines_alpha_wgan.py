@@ -142,7 +142,9 @@ def test_a_cpu_bf16_run_keeps_its_losses_finite(roi_cache, tmp_path):
 
 
 def test_a_roi_size_mismatch_names_both_sizes(roi_cache, tmp_path):
-    with pytest.raises(ConfigError, match=r"\(1, 32, 32, 32\).*\(1, 16, 16, 16\)"):
+    with pytest.raises(
+        ConfigError, match=r"\(1, 16, 16, 16\), but the AlphaWGANConfig expects \(1, 32, 32, 32\)"
+    ):
         train_alpha_wgan("small32", roi_cache, tmp_path, train(steps=1))
     with pytest.raises(ConfigError, match="roi_size"):
         run_alpha_wgan_training(roi_cache, tmp_path, preset="small32", train={"steps": 1})

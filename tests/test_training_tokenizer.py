@@ -122,7 +122,8 @@ def test_perceptual_weight_needs_a_network_and_roi_size_must_match(tmp_path):
         train_tokenizer(
             tiny(), make_items(), tmp_path, train(steps=1), recipe(perceptual_weight=1.0)
         )
-    with pytest.raises(ConfigError, match=r"\(1, 32, 32, 32\).*\(1, 16, 16, 16\)"):
+    shapes = r"\(1, 16, 16, 16\), but the TokenizerConfig expects \(1, 32, 32, 32\)"
+    with pytest.raises(ConfigError, match=shapes + ".*--roi-size"):
         train_tokenizer(tiny(roi_size=32), make_items(), tmp_path, train(steps=1))
 
 

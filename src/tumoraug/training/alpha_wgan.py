@@ -41,8 +41,6 @@ from torch.utils.data import Dataset
 
 from tumoraug.baselines.alpha_wgan import AlphaWGANGenerator
 from tumoraug.config import Config, check
-from tumoraug.data import subject_tensors
-from tumoraug.errors import ConfigError
 from tumoraug.models.alpha_wgan import (
     AlphaWGAN,
     AlphaWGANConfig,
@@ -52,7 +50,7 @@ from tumoraug.models.alpha_wgan import (
 from tumoraug.training.checkpoints import data_fingerprint
 from tumoraug.training.config import TrainConfig
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
-from tumoraug.training.tokenizer import cache_config, collate_rois, with_cache_modalities
+from tumoraug.training.tokenizer import cache_config, collate_rois, training_rois
 from tumoraug.viz import save_montage
 
 PARTS = ("encoder", "generator", "discriminator", "code_discriminator")
@@ -222,19 +220,11 @@ def train_alpha_wgan(
         config = AlphaWGANConfig.preset(config)
     recipe = recipe or AlphaWGANRecipe()
     train = train or TrainConfig.preset("alpha_wgan")
-    if isinstance(data, str | Path):
-        from tumoraug.data import ROIDataset
-
-        data = ROIDataset(data)
-    image, _, _ = subject_tensors(data[0])
-    expected = (config.in_channels, *[config.roi_size] * 3)
-    if tuple(image.shape[1:]) != expected:
-        raise ConfigError(
-            f"AlphaWGANConfig: expects ROIs of shape {expected} (in_channels, roi_size³), the "
-            f"data has {tuple(image.shape[1:])}; pick a config of that size (presets: 'tiny' "
-            "16³, 'small32' 32³; roi_size = 4 * 2**len(widths))"
-        )
-    config = with_cache_modalities(config, data)
+    data, config = training_rois(
+        data, config, "the AlphaWGANConfig",
+        "pick a config of that size (presets: 'tiny' 16³, 'small32' 32³; "
+        "roi_size = 4 * 2**len(widths))",
+    )  # fmt: skip
     torch.manual_seed(train.seed)
     task = AlphaWGANTask(AlphaWGAN(config), recipe, lr=train.lr)  # type: ignore[arg-type]
     result = fit(

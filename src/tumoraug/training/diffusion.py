@@ -48,7 +48,7 @@ from tumoraug.training.config import TrainConfig
 from tumoraug.training.corpus import as_dataset, as_tokenizer, tokenizer_fingerprint
 from tumoraug.training.grades import per_grade_means
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
-from tumoraug.training.tokenizer import collate_rois, with_cache_modalities
+from tumoraug.training.tokenizer import check_roi_shape, collate_rois, training_rois
 
 LATENTS_NAME = "latents.safetensors"
 LOSSES = ("mse", "l1")
@@ -136,19 +136,6 @@ def collate_images(items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return image, label
 
 
-def check_roi_shape(data: Any, expected: tuple[int, ...], source: str, what: str) -> None:
-    """Raise `ConfigError` naming both shapes unless the ROIs of ``data`` are ``expected``."""
-    if len(data) == 0:
-        raise DataError(f"{source}: the dataset is empty")
-    shape = tuple(subject_tensors(data[0])[0].shape[1:])
-    if shape != tuple(expected):
-        raise ConfigError(
-            f"{source}: ROIs of shape {shape}, but {what} expects {tuple(expected)} "
-            "(in_channels, roi_size³); preprocess the data to that size (tumoraug preprocess "
-            "--size) or choose a model of the data's size"
-        )
-
-
 def _rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -176,14 +163,12 @@ def train_ddpm(
         config = DiffusionConfig.preset(config)
     recipe = recipe or DiffusionRecipe()
     train = train or TrainConfig()
-    data = as_dataset(data)
     if config.scale_factor != 1:
         raise ConfigError(
             f"DiffusionConfig.scale_factor: expected 1 for the image-space DDPM (ROIs are in "
             f"[-1, 1]), got {config.scale_factor}; it is set by train_latent_diffusion"
         )
-    check_roi_shape(data, config.sample_shape, str(getattr(data, "cache_dir", "data")), "the UNet")
-    config = with_cache_modalities(config, data)
+    data, config = training_rois(data, config, "the UNet")
     torch.manual_seed(train.seed)
     task = DiffusionTask(DiffusionUNet3D(config), recipe, lr=train.lr)
     result = fit(

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from tumoraug.config import C, Config, TokenizerConfig, check
 from tumoraug.data import subject_tensors
-from tumoraug.errors import ConfigError
+from tumoraug.errors import ConfigError, DataError
 from tumoraug.models.discriminator import (
     PatchDiscriminator3D,
     adaptive_weight,
@@ -292,18 +292,9 @@ def train_tokenizer(
         config = TokenizerConfig.preset(config)
     recipe = recipe or TokenizerRecipe()
     train = train or TrainConfig.preset("tokenizer")
-    if isinstance(data, str | Path):
-        from tumoraug.data import ROIDataset
-
-        data = ROIDataset(data)
-    image, _, _ = subject_tensors(data[0])
-    expected = (config.in_channels, *[config.roi_size] * 3)
-    if tuple(image.shape[1:]) != expected:
-        raise ConfigError(
-            f"TokenizerConfig: expects ROIs of shape {expected} (in_channels, roi_size³), the "
-            f"data has {tuple(image.shape[1:])}; set roi_size / in_channels (CLI: --roi-size)"
-        )
-    config = with_cache_modalities(config, data)
+    data, config = training_rois(
+        data, config, "the TokenizerConfig", "set roi_size / in_channels (CLI: --roi-size)"
+    )
     torch.manual_seed(train.seed)
     task = TokenizerTask(
         VQGAN3D(config), recipe, lr=train.lr, perceptual_net=perceptual_net,
@@ -313,6 +304,39 @@ def train_tokenizer(
         task, data, output_dir, train, resume=resume, collate_fn=collate_rois, progress=progress,
         identity={"data": data_fingerprint(data)},
     )  # fmt: skip
+
+
+def check_roi_shape(
+    data: Any, expected: tuple[int, ...], source: str, what: str, hint: str | None = None
+) -> None:
+    """Raise `ConfigError` naming both shapes unless the ROIs of ``data`` are ``expected``
+    (``(in_channels, roi_size, roi_size, roi_size)``); ``hint`` says what to change."""
+    if len(data) == 0:
+        raise DataError(f"{source}: the dataset is empty")
+    shape = tuple(subject_tensors(data[0])[0].shape[1:])
+    if shape != tuple(expected):
+        hint = hint or (
+            "preprocess the data to that size (tumoraug preprocess --size) or choose a model "
+            "of the data's size"
+        )
+        raise ConfigError(
+            f"{source}: ROIs of shape {shape}, but {what} expects {tuple(expected)} "
+            f"(in_channels, roi_size³); {hint}"
+        )
+
+
+def training_rois(data: Any, config: C, what: str, hint: str | None = None) -> tuple[Any, C]:
+    """The training ROIs for ``config`` (a config with ``in_channels``, ``roi_size`` and
+    ``modalities``): ``data`` opened (a ROI cache folder) or as it is, its ROI shape checked
+    (`check_roi_shape`), and ``config`` naming the cache's modalities
+    (`with_cache_modalities`). What every image-space trainer starts with."""
+    if isinstance(data, str | Path):
+        from tumoraug.data import ROIDataset
+
+        data = ROIDataset(data)
+    expected = (config.in_channels, *[config.roi_size] * 3)  # type: ignore[attr-defined]
+    check_roi_shape(data, expected, str(getattr(data, "cache_dir", "data")), what, hint)
+    return data, with_cache_modalities(config, data)
 
 
 def with_cache_modalities(config: C, data: Any) -> C:
