@@ -58,7 +58,7 @@ def test_roi_dataset_items(roi_cache):
     assert isinstance(item["image"], tio.ScalarImage) and isinstance(item["seg"], tio.LabelMap)
     image, seg = item["image"].data, item["seg"].data
     assert image.shape == (1, 16, 16, 16) and image.dtype == torch.float32
-    assert seg.shape == (1, 16, 16, 16) and seg.dtype == torch.int64
+    assert seg.shape == (1, 16, 16, 16) and seg.dtype == torch.uint8
     assert image.min() >= -1 and image.max() <= 1 and image.min() == -1
     assert (seg > 0).any() and set(seg.unique().tolist()) <= {0, 1, 2, 4}
     assert item["label"] == 0 and item["grade"] == "LGG" and item["subject_id"] == "Phantom_LGG_001"
@@ -237,3 +237,18 @@ def test_cli_preprocess_empty_folder_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(app, ["preprocess", str(tmp_path / "empty"), str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "error:" in result.output and "the folder is empty" in result.output
+
+
+def test_items_keep_the_seg_uint8_through_torchio(roi_cache):
+    image = torch.zeros(1, 8, 8, 8)
+    seg = torch.zeros(1, 8, 8, 8, dtype=torch.int64)
+    seg[0, 2:5, 2:5, 2:5] = 4
+    item = make_roi_subject(image, "HGG", seg)
+    assert item["seg"].data.dtype == torch.uint8 and torch.equal(item["seg"].data.long(), seg)
+    with pytest.raises(DataError, match=r"0\.\.255.*got 0\.\.300"):
+        make_roi_subject(image, "HGG", seg * 75)
+    flipped = tio.Compose([tio.RandomFlip(), tio.CropOrPad(10)])(ROIDataset(roi_cache)[0])
+    assert flipped["seg"].data.dtype == torch.uint8
+    batch = next(iter(tio.SubjectsLoader(ROIDataset(roi_cache), batch_size=2)))
+    assert batch["seg"][tio.DATA].dtype == torch.uint8
+    assert subject_tensors(batch)[1].dtype == torch.long  # what losses take

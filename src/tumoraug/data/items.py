@@ -1,7 +1,8 @@
 """The item format shared by real and synthetic ROI datasets, and a way back to tensors.
 
 An item is a `torchio.Subject` with ``image`` (ScalarImage, (C,S,S,S) float32 in [-1, 1]),
-``seg`` (LabelMap, (1,S,S,S) int64), ``label`` (0 LGG / 1 HGG), ``grade`` and ``subject_id``.
+``seg`` (LabelMap, (1,S,S,S) uint8: BraTS labels fit, and it is 1/8 of the bytes of int64
+that DataLoader workers move), ``label`` (0 LGG / 1 HGG), ``grade`` and ``subject_id``.
 `subject_tensors` turns an item, a collated batch of items or a plain ``(image, label)`` pair
 into the ``(image, seg, label)`` tensors that models take.
 """
@@ -27,14 +28,22 @@ def make_roi_subject(
 ) -> tio.Subject:
     """Build one item: ``image`` (C,S,S,S), optional ``seg`` ((S,S,S) or (1,S,S,S), zeros if None).
 
-    The affine is the identity (1 mm voxels), as for every ROI tumoraug writes.
+    The seg is stored as uint8 (labels 0-255; a `DataError` outside that range). The affine
+    is the identity (1 mm voxels), as for every ROI tumoraug writes.
     """
     image = torch.as_tensor(image, dtype=torch.float32)
     if image.ndim != 4:
         raise DataError(f"ROI image must be (C,S,S,S), got shape {tuple(image.shape)}")
     if seg is None:
-        seg = torch.zeros((1, *image.shape[1:]), dtype=torch.int64)
-    seg = torch.as_tensor(seg).to(torch.int64)
+        seg = torch.zeros((1, *image.shape[1:]), dtype=torch.uint8)
+    seg = torch.as_tensor(seg)
+    if seg.dtype != torch.uint8:
+        if seg.numel() and (int(seg.min()) < 0 or int(seg.max()) > 255):
+            raise DataError(
+                f"ROI seg labels must lie in 0..255 (stored as uint8), got "
+                f"{int(seg.min())}..{int(seg.max())}"
+            )
+        seg = seg.to(torch.uint8)
     if seg.ndim == 3:
         seg = seg.unsqueeze(0)
     if tuple(seg.shape) != (1, *image.shape[1:]):
