@@ -204,3 +204,36 @@ def test_a_baseline_feeds_the_synthetic_dataset(kind, trained):
     assert int(item["label"]) == dataset.labels[1]
     again = SyntheticTumorDataset(trained[kind], length=4, sampling={"steps": 2}, device="cpu")
     assert torch.equal(again[1]["image"].data, item["image"].data)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "steps", "tolerance"), [("ddim", 50, 1e-5), ("ddpm", 1000, 1e-3)]
+)
+def test_the_sampling_loop_recovers_the_one_volume_an_exact_noise_predictor_knows(
+    scheduler, steps, tolerance
+):
+    """With the ideal noise predictor of a one-volume data set, eps = (x_t − √ᾱ·x*) / √(1−ᾱ),
+    DDIM and ancestral DDPM must end at x*: the loop, the schedule and the guidance
+    arithmetic are right, whatever a trained UNet learned."""
+    from torch import nn
+
+    from tumoraug.baselines.ddpm import denoise
+    from tumoraug.models.diffusion import noise_scheduler
+
+    config = DiffusionConfig.preset("tiny")
+    alphas = noise_scheduler(config).alphas_cumprod
+    target = torch.linspace(-1, 1, 16**3).reshape(1, *config.sample_shape)
+
+    class Oracle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config, self.anchor = config, nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, t, labels):
+            a = alphas[t].view(-1, 1, 1, 1, 1)
+            return (x - a.sqrt() * target) / (1 - a).sqrt()
+
+    sampling = DiffusionSampling(scheduler=scheduler, steps=steps, guidance_scale=1.5)
+    rngs = [torch.Generator().manual_seed(0)]
+    out = denoise(Oracle(), [1], rngs, sampling, clip_sample=True)
+    assert (out - target).abs().max() < tolerance
