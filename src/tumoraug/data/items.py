@@ -38,10 +38,10 @@ def make_roi_subject(
         seg = torch.zeros((1, *image.shape[1:]), dtype=torch.uint8)
     seg = torch.as_tensor(seg)
     if seg.dtype != torch.uint8:
-        if seg.numel() and (int(seg.min()) < 0 or int(seg.max()) > 255):
+        low, high = (int(v) for v in torch.aminmax(seg)) if seg.numel() else (0, 0)
+        if low < 0 or high > 255:
             raise DataError(
-                f"ROI seg labels must lie in 0..255 (stored as uint8), got "
-                f"{int(seg.min())}..{int(seg.max())}"
+                f"ROI seg labels must lie in 0..255 (stored as uint8), got {low}..{high}"
             )
         seg = seg.to(torch.uint8)
     if seg.ndim == 3:

@@ -52,6 +52,7 @@ from tumoraug.models.discriminator import (
 from tumoraug.models.vqgan import VQGAN3D
 from tumoraug.training.checkpoints import data_fingerprint
 from tumoraug.training.config import TrainConfig
+from tumoraug.training.corpus import as_dataset
 from tumoraug.training.grades import grade_weights, per_grade_means
 from tumoraug.training.loop import FitResult, StepContext, StepOutput, TrainingTask, fit
 from tumoraug.viz import save_montage
@@ -330,10 +331,7 @@ def training_rois(data: Any, config: C, what: str, hint: str | None = None) -> t
     ``modalities``): ``data`` opened (a ROI cache folder) or as it is, its ROI shape checked
     (`check_roi_shape`), and ``config`` naming the cache's modalities
     (`with_cache_modalities`). What every image-space trainer starts with."""
-    if isinstance(data, str | Path):
-        from tumoraug.data import ROIDataset
-
-        data = ROIDataset(data)
+    data = as_dataset(data)
     expected = (config.in_channels, *[config.roi_size] * 3)  # type: ignore[attr-defined]
     check_roi_shape(data, expected, str(getattr(data, "cache_dir", "data")), what, hint)
     return data, with_cache_modalities(config, data)
