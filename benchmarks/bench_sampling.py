@@ -25,12 +25,17 @@ the GFLOPs of one transformer pass and of one decode per ROI, counted on the met
         --presets brats128,paper128 --preset-size 32 --steps 2 --n 2 --batch-size 2  # smoke
     python benchmarks/bench_sampling.py --model src/tumoraug/pretrained/demo --steps 12 \\
         --guidance 1.0 1.5 --batch-size 8 [--cpu-bf16]   # a trained model folder (the demo)
+
+``--compile`` adds a table of one guided transformer pass (``2 * batch`` rows) per model,
+eager against ``torch.compile`` on the same inputs: milliseconds per pass, the one-off
+compile time and the largest difference of the logits.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -135,6 +140,37 @@ def measure(generator: TumorGenerator, n: int, steps: int, guidance: float, batc
     }
 
 
+def compile_row(generator: TumorGenerator, batch: int, reps: int = 5) -> dict[str, float]:
+    """One guided pass (``2 * batch`` rows) eager and under ``torch.compile``: mean ms per
+    pass over ``reps`` after two warm-up passes, compile seconds and the max |difference|."""
+    model, config = generator.transformer, generator.transformer_config
+    tokens = torch.randint(0, config.codebook_size, (2 * batch, *config.token_grid))
+    labels = torch.tensor([1, 0] * batch).to(generator.device)
+    tokens = tokens.to(generator.device)
+
+    def per_pass(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+        for _ in range(2):
+            fn(tokens, labels)
+        start = clock(generator.device)
+        for _ in range(reps):
+            fn(tokens, labels)
+        return (clock(generator.device) - start) / reps * 1e3
+
+    with torch.inference_mode():
+        eager_ms, reference = per_pass(model), model(tokens, labels)
+        start = clock(generator.device)
+        compiled = torch.compile(model, dynamic=False)
+        out = compiled(tokens, labels)
+        compile_s = clock(generator.device) - start
+        compiled_ms = per_pass(compiled)
+    return {
+        "eager_ms": eager_ms,
+        "compiled_ms": compiled_ms,
+        "compile_s": compile_s,
+        "max_diff": (out.float() - reference.float()).abs().max().item(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="TumorGenerator sampling speed")
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
@@ -153,6 +189,9 @@ def main() -> None:
         "--model", action="append", default=[], help="a trained model folder; repeat it"
     )
     parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time one pass under torch.compile"
+    )
     args = parser.parse_args()
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     for preset in presets:
@@ -188,6 +227,7 @@ def main() -> None:
     print("\n| model | ROI | tokens | steps | guidance | ROIs/s | s/ROI | sampling s/ROI "
           "| decode s/ROI | net evals/ROI | forward calls |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    compiled: list[tuple[str, int, int, dict[str, float]]] = []
     for label, config in models:
         generator = build(config, device, args.cpu_bf16)
         size = generator.tokenizer_config.roi_size
@@ -203,7 +243,19 @@ def main() -> None:
                     f"| {r['evals_per_roi']:.0f} | {r['forward_calls']} |",
                     flush=True,
                 )
+        if args.compile:
+            compiled.append((label, size, tokens, compile_row(generator, args.batch_size)))
         del generator  # freed before the next model is built
+    if compiled:
+        print("\n| model | ROI | tokens | rows per pass | eager ms/pass | compiled ms/pass "
+              "| speed-up | compile s | max abs diff |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
+        for label, size, tokens, r in compiled:
+            print(
+                f"| {label} | {size}³ | {tokens} | {2 * args.batch_size} | {r['eager_ms']:.1f} "
+                f"| {r['compiled_ms']:.1f} | {r['eager_ms'] / r['compiled_ms']:.2f}× "
+                f"| {r['compile_s']:.0f} | {r['max_diff']:.1e} |"
+            )
 
 
 if __name__ == "__main__":
