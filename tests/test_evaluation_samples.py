@@ -101,3 +101,17 @@ def test_sample_report_checks_its_inputs():
     small = RealCopier(_real_rois(4, size=8))
     with pytest.raises(DataError, match=r"makes ROIs of shape \(1, 8, 8, 8\)"):
         evaluate_samples(real, {"small": small}, n_per_class=2)
+
+
+def test_montage_labels_are_not_cut_and_widen_their_column(tmp_path):
+    from PIL import ImageDraw
+
+    from tumoraug.viz import save_montage
+
+    volumes = [torch.zeros(1, 16, 16, 16)] * 2
+    short = Image.open(save_montage(volumes, tmp_path / "a.png", row_labels=["a", "b"]))
+    name = "a_rather_long_model_folder_name HGG"
+    long = Image.open(save_montage(volumes, tmp_path / "b.png", row_labels=[name, "b"]))
+    needed = ImageDraw.Draw(Image.new("L", (1, 1))).textlength(name)
+    assert long.width - short.width >= needed - 70
+    assert long.width > short.width

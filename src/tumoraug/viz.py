@@ -46,7 +46,8 @@ def save_montage(
     """Write a PNG with one row of three centre slices per volume; returns the path.
 
     Small volumes are upscaled (nearest neighbour) to at least ``min_cell`` pixels per
-    slice so that 16³ test ROIs remain visible. The file is written atomically.
+    slice so that 16³ test ROIs remain visible. The label column is as wide as the longest
+    row label. The file is written atomically.
     """
     if isinstance(volumes, torch.Tensor):
         volumes = list(volumes)
@@ -58,7 +59,9 @@ def save_montage(
     cell = max(max(s.shape) for row in rows for s in row)
     scale = max(1, -(-min_cell // cell))
     cell *= scale
-    label_width = 70 if row_labels else 0
+    labels = [str(label) for label in row_labels or []]
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    label_width = max([70] + [int(measure.textlength(t)) + 8 for t in labels]) if labels else 0
     pad = 2
     canvas = Image.new(
         "L", (label_width + 3 * (cell + pad) + pad, len(rows) * (cell + pad) + pad), color=0
@@ -66,8 +69,8 @@ def save_montage(
     draw = ImageDraw.Draw(canvas)
     for r, row in enumerate(rows):
         top = pad + r * (cell + pad)
-        if row_labels:
-            draw.text((4, top + cell // 2 - 5), str(row_labels[r])[:10], fill=255)
+        if labels:
+            draw.text((4, top + cell // 2 - 5), labels[r], fill=255)
         for c, image in enumerate(row):
             tile = Image.fromarray(image).resize(
                 (image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST

@@ -153,7 +153,7 @@ def evaluate_samples(
                     "stats_within_tolerance": all(abs(v) <= STATS_TOLERANCE for v in diff.values()),
                 }
             )
-            montage += [(f"{name[-12:]} {grade}", v) for v in generated[:montage_per_class]]
+            montage += [(f"{name} {grade}", v) for v in generated[:montage_per_class]]
     settings = {
         "n_per_class": n_per_class,
         "seed": seed,
