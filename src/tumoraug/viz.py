@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from tumoraug.checkpoint import atomic_path
 
@@ -60,8 +60,8 @@ def save_montage(
     scale = max(1, -(-min_cell // cell))
     cell *= scale
     labels = [str(label) for label in row_labels or []]
-    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
-    label_width = max([70] + [int(measure.textlength(t)) + 8 for t in labels]) if labels else 0
+    font = ImageFont.load_default()
+    label_width = max([70] + [int(font.getlength(t)) + 8 for t in labels]) if labels else 0
     pad = 2
     canvas = Image.new(
         "L", (label_width + 3 * (cell + pad) + pad, len(rows) * (cell + pad) + pad), color=0
@@ -70,7 +70,7 @@ def save_montage(
     for r, row in enumerate(rows):
         top = pad + r * (cell + pad)
         if labels:
-            draw.text((4, top + cell // 2 - 5), labels[r], fill=255)
+            draw.text((4, top + cell // 2 - 5), labels[r], fill=255, font=font)
         for c, image in enumerate(row):
             tile = Image.fromarray(image).resize(
                 (image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST
